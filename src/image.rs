@@ -1,0 +1,292 @@
+//! IMS image records, read leniently, and the policy's tag filter.
+//!
+//! IMS answers with a bare JSON array whose records vary by IMS version: `metadata` absent
+//! before 3.16, `link: null` for an image never linked, `etag: ""`, and in the wild an old
+//! `{"key": .., "value": ..}` form. Each record is parsed on its own so that one odd record
+//! is one skipped image, never a failed pass.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// One entry of the IMS answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum ImageEntry {
+    Valid(ImageRecord),
+    /// Not an object, or no string `id`: reported as `record_invalid`.
+    Invalid {
+        id: Option<String>,
+        name: Option<String>,
+        problem: String,
+    },
+}
+
+/// The parts of an IMS image record the tool uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// `link.path`, when the record has one that is a non-empty string.
+    #[serde(default)]
+    pub link_path: Option<String>,
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// The record's `metadata`, as found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "form", content = "value", rename_all = "snake_case")]
+pub enum Metadata {
+    /// No `metadata` key at all (IMS older than 3.16, before tagging existed).
+    #[default]
+    Absent,
+    /// A JSON object; values that are not strings are kept as their JSON text.
+    Map(BTreeMap<String, MetadataValue>),
+    /// `metadata` is present but null, a list, a number...: described for the skip reason.
+    Other(String),
+}
+
+/// A metadata value: tags are strings, but records in the wild hold `true` or numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MetadataValue {
+    Text(String),
+    /// Any other JSON value, kept as its JSON text.
+    Json(Value),
+}
+
+/// Parses one element of the IMS answer; never fails.
+pub fn parse_record(value: &Value) -> ImageEntry {
+    let Some(object) = value.as_object() else {
+        return ImageEntry::Invalid {
+            id: None,
+            name: None,
+            problem: format!("record is {}, not an object", describe(value)),
+        };
+    };
+    let name = object
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let id = match object.get("id") {
+        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        other => {
+            return ImageEntry::Invalid {
+                id: other.and_then(|v| v.as_str()).map(str::to_owned),
+                name,
+                problem: match other {
+                    None => "record has no id".to_string(),
+                    Some(v) => format!("record id is {}, not a non-empty string", describe(v)),
+                },
+            }
+        }
+    };
+    let link_path = object
+        .get("link")
+        .and_then(|link| link.get("path"))
+        .and_then(Value::as_str)
+        .filter(|path| !path.is_empty())
+        .map(str::to_owned);
+    let metadata = match object.get("metadata") {
+        None => Metadata::Absent,
+        Some(Value::Object(map)) => Metadata::Map(
+            map.iter()
+                .map(|(key, value)| {
+                    let value = match value {
+                        Value::String(text) => MetadataValue::Text(text.clone()),
+                        other => MetadataValue::Json(other.clone()),
+                    };
+                    (key.clone(), value)
+                })
+                .collect(),
+        ),
+        Some(other) => Metadata::Other(describe(other)),
+    };
+    ImageEntry::Valid(ImageRecord {
+        id,
+        name: name.unwrap_or_default(),
+        link_path,
+        metadata,
+    })
+}
+
+/// A short description of a JSON value for messages ("null", "a list", "the number 3").
+pub fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".to_string(),
+        Value::Object(_) => "an object".to_string(),
+    }
+}
+
+/// What to do with records that have no `metadata` key at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Untagged {
+    /// Project them: the old agent's rule for IMS without tagging.
+    Project,
+    Skip,
+}
+
+/// The policy's tag filter (`catalogue.ims.select`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// Every pair must match, as strings.
+    pub metadata: BTreeMap<String, String>,
+    pub untagged: Untagged,
+}
+
+impl Selector {
+    /// `Ok(())` when the record passes the filter, else why not (for a `not_tagged` skip).
+    pub fn check(&self, record: &ImageRecord) -> Result<(), String> {
+        let map = match &record.metadata {
+            Metadata::Absent => {
+                return match self.untagged {
+                    Untagged::Project => Ok(()),
+                    Untagged::Skip => Err(
+                        "record has no metadata and the policy skips untagged records".to_string(),
+                    ),
+                }
+            }
+            Metadata::Other(what) => return Err(format!("metadata is {what}, not an object")),
+            Metadata::Map(map) => map,
+        };
+        for (key, wanted) in &self.metadata {
+            match map.get(key) {
+                Some(MetadataValue::Text(found)) if found == wanted => {}
+                Some(MetadataValue::Text(found)) => {
+                    return Err(format!("metadata {key:?} is {found:?}, not {wanted:?}"))
+                }
+                Some(MetadataValue::Json(found)) => {
+                    return Err(format!(
+                        "metadata {key:?} is {}, not the string {wanted:?}",
+                        describe(found)
+                    ))
+                }
+                None if is_key_value_form(map, key) => return Err(format!(
+                    "metadata uses the old {{\"key\": {key:?}, \"value\": ..}} form (an IMS bug); \
+                         not tagged under the strict rule: set metadata {key:?} to {wanted:?}"
+                )),
+                None => return Err(format!("metadata has no {key:?} tag")),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_key_value_form(map: &BTreeMap<String, MetadataValue>, key: &str) -> bool {
+    matches!(map.get("key"), Some(MetadataValue::Text(k)) if k == key) && map.contains_key("value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn selector() -> Selector {
+        Selector {
+            metadata: [("sbps-project".to_string(), "true".to_string())].into(),
+            untagged: Untagged::Project,
+        }
+    }
+
+    fn valid(value: Value) -> ImageRecord {
+        match parse_record(&value) {
+            ImageEntry::Valid(record) => record,
+            other => panic!("expected a valid record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tagged_record_passes() {
+        let record = valid(
+            json!({"id": "a", "name": "n", "metadata": {"sbps-project": "true"},
+                                  "link": {"path": "s3://b/a/manifest.json", "etag": ""}}),
+        );
+        assert_eq!(record.link_path.as_deref(), Some("s3://b/a/manifest.json"));
+        assert_eq!(selector().check(&record), Ok(()));
+    }
+
+    #[test]
+    fn absent_metadata_follows_the_untagged_setting() {
+        let record = valid(json!({"id": "a"}));
+        assert_eq!(selector().check(&record), Ok(()));
+        let skip = Selector {
+            untagged: Untagged::Skip,
+            ..selector()
+        };
+        assert!(skip.check(&record).is_err());
+    }
+
+    #[test]
+    fn present_but_untagged_metadata_is_not_tagged() {
+        for metadata in [
+            json!({}),
+            json!({"sbps-project": "false"}),
+            json!({"other": "x"}),
+        ] {
+            let record = valid(json!({"id": "a", "metadata": metadata}));
+            assert!(selector().check(&record).is_err(), "{metadata}");
+        }
+    }
+
+    #[test]
+    fn odd_metadata_shapes_are_reasons_not_crashes() {
+        let record = valid(json!({"id": "a", "metadata": null}));
+        assert_eq!(
+            selector().check(&record),
+            Err("metadata is null, not an object".to_string())
+        );
+        let record = valid(json!({"id": "a", "metadata": {"sbps-project": true}}));
+        let reason = selector().check(&record).unwrap_err();
+        assert!(reason.contains("the boolean true"), "{reason}");
+        let record =
+            valid(json!({"id": "a", "metadata": {"key": "sbps-project", "value": "true"}}));
+        let reason = selector().check(&record).unwrap_err();
+        assert!(reason.contains("old"), "{reason}");
+    }
+
+    #[test]
+    fn link_null_or_odd_is_no_link_path() {
+        for link in [
+            json!(null),
+            json!({"path": null}),
+            json!({"path": ""}),
+            json!("s3://x"),
+            json!({"path": 7}),
+        ] {
+            assert_eq!(valid(json!({"id": "a", "link": link})).link_path, None);
+        }
+    }
+
+    #[test]
+    fn records_without_a_string_id_are_invalid_entries() {
+        for value in [
+            json!(null),
+            json!([1]),
+            json!("x"),
+            json!({"name": "n"}),
+            json!({"id": 5}),
+            json!({"id": ""}),
+        ] {
+            assert!(
+                matches!(parse_record(&value), ImageEntry::Invalid { .. }),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_tolerated() {
+        let record = valid(
+            json!({"id": "a", "name": 7, "arch": "aarch64", "created": "2024-01-01T00:00:00",
+                                  "new_field": {"x": 1}}),
+        );
+        assert_eq!(record.name, "");
+    }
+}

@@ -1,0 +1,15 @@
+//! sbps-reconcile: project IMS and PE boot images as read-only LIO iSCSI LUNs.
+//!
+//! The pipeline, one module per step:
+//! policy -> sources -> snapshot -> plan -> diff -> apply -> report.
+
+pub mod error;
+pub mod identity;
+pub mod image;
+pub mod lio;
+pub mod manifest;
+pub mod policy;
+pub mod s3path;
+pub mod skip;
+pub mod snapshot;
+pub mod sources;

@@ -1,0 +1,630 @@
+//! The YAML policy: serde types that mirror the file (unknown keys rejected, defaults in one
+//! place), checked into a [`Policy`] that the rest of the program uses.
+
+use crate::error::Error;
+use crate::image::{Selector, Untagged};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_POLICY_PATH: &str = "/etc/sbps-reconcile/policy.yaml";
+
+/// The policy file as written. Every section but `target`, `catalogue` has defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub target: TargetSection,
+    #[serde(default)]
+    pub lio: LioSection,
+    pub catalogue: CatalogueSection,
+    #[serde(default)]
+    pub safety: SafetySection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetSection {
+    /// `{hostname}` is replaced by this host's short name.
+    pub iqn: String,
+    pub enabled: bool,
+    pub portals: Vec<String>,
+    /// TPG attributes; merged over the CSM defaults.
+    pub attributes: BTreeMap<String, u32>,
+    pub max_lun: u32,
+}
+
+impl Default for TargetSection {
+    fn default() -> Self {
+        TargetSection {
+            iqn: "iqn.2023-06.csm.iscsi:{hostname}".to_string(),
+            enabled: true,
+            portals: Vec::new(),
+            attributes: BTreeMap::new(),
+            max_lun: 255,
+        }
+    }
+}
+
+/// TPG attributes as CSM provisions them: demo mode, no authentication, write-protected.
+pub const DEFAULT_TPG_ATTRIBUTES: [(&str, u32); 5] = [
+    ("authentication", 0),
+    ("generate_node_acls", 1),
+    ("cache_dynamic_acls", 1),
+    ("demo_mode_write_protect", 1),
+    ("prod_mode_write_protect", 1),
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LioSection {
+    pub saveconfig: PathBuf,
+    pub targetctl: PathBuf,
+    pub backup_dir: PathBuf,
+    /// How many backups to keep (targetcli keeps 10).
+    pub backups_kept: usize,
+    /// Our own lock: one reconcile at a time.
+    pub lock_file: PathBuf,
+    /// targetcli's lock, held while an interactive targetcli runs: `targetctl restore` would
+    /// wipe its unsaved changes. Empty string to not take it.
+    pub targetcli_lock: PathBuf,
+}
+
+impl Default for LioSection {
+    fn default() -> Self {
+        LioSection {
+            saveconfig: "/etc/target/saveconfig.json".into(),
+            targetctl: "/usr/bin/targetctl".into(),
+            backup_dir: "/etc/target/backup".into(),
+            backups_kept: 10,
+            lock_file: "/run/sbps-reconcile.lock".into(),
+            targetcli_lock: "/var/run/targetcli.lock".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueSection {
+    #[serde(default = "default_bucket")]
+    pub bucket: String,
+    #[serde(default = "default_mount")]
+    pub mount: PathBuf,
+    pub ims: ImsSection,
+    #[serde(default)]
+    pub pe: PeSection,
+    /// Manifests larger than this are skipped as unreadable.
+    #[serde(default = "default_manifest_max_bytes")]
+    pub manifest_max_bytes: u64,
+}
+
+fn default_bucket() -> String {
+    "boot-images".to_string()
+}
+fn default_mount() -> PathBuf {
+    "/var/lib/cps-local/boot-images".into()
+}
+fn default_manifest_max_bytes() -> u64 {
+    1024 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImsSection {
+    /// A saved `GET /v3/images` answer (offline mode).
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub select: SelectSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectSection {
+    pub metadata: BTreeMap<String, String>,
+    pub untagged: Untagged,
+}
+
+impl Default for SelectSection {
+    fn default() -> Self {
+        SelectSection {
+            metadata: [("sbps-project".to_string(), "true".to_string())].into(),
+            untagged: Untagged::Project,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeSection {
+    pub prefixes: Vec<String>,
+}
+
+impl Default for PeSection {
+    fn default() -> Self {
+        PeSection {
+            prefixes: vec!["PE/".to_string()],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SafetySection {
+    pub max_removals: usize,
+}
+
+impl Default for SafetySection {
+    fn default() -> Self {
+        SafetySection { max_removals: 10 }
+    }
+}
+
+/// Facts about this host that the policy may refer to.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// Short host name (up to the first dot).
+    pub hostname: String,
+}
+
+impl HostFacts {
+    /// Reads the host name from the kernel.
+    pub fn detect() -> HostFacts {
+        let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .unwrap_or_default();
+        HostFacts::from_hostname(raw.trim())
+    }
+
+    pub fn from_hostname(name: &str) -> HostFacts {
+        HostFacts {
+            hostname: name.split('.').next().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// The checked policy: everything the planner and the edges need, validated.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub target: TargetPolicy,
+    pub lio: LioSettings,
+    pub catalogue: Catalogue,
+    pub safety: Safety,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetPolicy {
+    pub iqn: String,
+    pub enabled: bool,
+    pub portals: Vec<Portal>,
+    pub attributes: BTreeMap<String, u32>,
+    pub max_lun: u32,
+}
+
+/// A network portal: an address and a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Portal {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+impl Portal {
+    /// The `ip_address` string rtslib expects: IPv6 in brackets.
+    pub fn ip_address(&self) -> String {
+        match self.ip {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        }
+    }
+
+    /// Parses rtslib's `ip_address` form (IPv6 in brackets, or bare).
+    pub fn parse_ip_address(text: &str) -> Option<IpAddr> {
+        let bare = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
+        bare.parse().ok()
+    }
+}
+
+impl std::fmt::Display for Portal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.ip_address(), self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LioSettings {
+    pub saveconfig: PathBuf,
+    pub targetctl: PathBuf,
+    pub backup_dir: PathBuf,
+    pub backups_kept: usize,
+    pub lock_file: PathBuf,
+    pub targetcli_lock: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    pub bucket: String,
+    /// The s3fs mount, without a trailing slash.
+    pub mount: PathBuf,
+    pub ims: ImsSource,
+    pub select: Selector,
+    pub pe_prefixes: Vec<String>,
+    pub manifest_max_bytes: u64,
+}
+
+impl Catalogue {
+    /// The fileio `dev` for an object key: `<mount>/<key>`.
+    pub fn dev_for_key(&self, key: &str) -> String {
+        format!("{}/{key}", self.mount.display())
+    }
+
+    /// The object key of a `dev` under the mount, if it lies there.
+    pub fn key_for_dev<'a>(&self, dev: &'a str) -> Option<&'a str> {
+        let mount = self.mount.to_str()?;
+        dev.strip_prefix(mount)?
+            .strip_prefix('/')
+            .filter(|key| !key.is_empty())
+    }
+
+    /// The `s3://` URL of an object key.
+    pub fn url_for_key(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ImsSource {
+    /// A saved IMS answer on disk.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Safety {
+    pub max_removals: usize,
+}
+
+/// Linux initiators ignore LUN numbers from 512 on by default (`scsi_mod.max_luns`).
+pub const LINUX_MAX_LUNS: u32 = 512;
+/// The highest LUN index LIO accepts.
+pub const LIO_MAX_LUN: u32 = 65535;
+
+impl Policy {
+    /// Reads, parses and checks the policy at `path`.
+    pub fn load(path: &Path, host: &HostFacts) -> Result<(Policy, Vec<String>), Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::PolicyRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        Policy::from_yaml(&text, host).map_err(|message| Error::PolicyInvalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses and checks policy text; returns the policy and warnings worth logging.
+    pub fn from_yaml(text: &str, host: &HostFacts) -> Result<(Policy, Vec<String>), String> {
+        let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        Policy::check(file, host)
+    }
+
+    fn check(file: PolicyFile, host: &HostFacts) -> Result<(Policy, Vec<String>), String> {
+        let mut warnings = Vec::new();
+        let target =
+            check_target(file.target, host, &mut warnings).map_err(|e| format!("target: {e}"))?;
+        let lio = check_lio(file.lio).map_err(|e| format!("lio: {e}"))?;
+        let catalogue = check_catalogue(file.catalogue).map_err(|e| format!("catalogue: {e}"))?;
+        Ok((
+            Policy {
+                target,
+                lio,
+                catalogue,
+                safety: Safety {
+                    max_removals: file.safety.max_removals,
+                },
+            },
+            warnings,
+        ))
+    }
+}
+
+fn check_target(
+    section: TargetSection,
+    host: &HostFacts,
+    warnings: &mut Vec<String>,
+) -> Result<TargetPolicy, String> {
+    let iqn = if section.iqn.contains("{hostname}") {
+        if host.hostname.is_empty() {
+            return Err("iqn uses {hostname} but this host's name is unknown".to_string());
+        }
+        section.iqn.replace("{hostname}", &host.hostname)
+    } else {
+        section.iqn
+    };
+    // iSCSI names are case-insensitive and LIO stores them in lower case.
+    let iqn = iqn.to_ascii_lowercase();
+    check_iqn(&iqn)?;
+    let mut portals = Vec::new();
+    for text in &section.portals {
+        let portal = parse_portal(text)?;
+        if portals.contains(&portal) {
+            return Err(format!("portal {text:?} is listed twice"));
+        }
+        portals.push(portal);
+    }
+    if portals.is_empty() {
+        warnings.push(
+            "target.portals is empty: initiators will not be able to reach this target".to_string(),
+        );
+    }
+    let mut attributes: BTreeMap<String, u32> = DEFAULT_TPG_ATTRIBUTES
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    for (key, value) in section.attributes {
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(format!(
+                "attribute name {key:?} is not a TPG attribute name"
+            ));
+        }
+        attributes.insert(key, value);
+    }
+    if section.max_lun > LIO_MAX_LUN {
+        return Err(format!(
+            "max_lun {} is above LIO's limit of {LIO_MAX_LUN}",
+            section.max_lun
+        ));
+    }
+    if section.max_lun >= LINUX_MAX_LUNS {
+        warnings.push(format!(
+            "target.max_lun {} is at or above {LINUX_MAX_LUNS}: Linux initiators ignore such LUNs \
+             unless scsi_mod.max_luns is raised",
+            section.max_lun
+        ));
+    }
+    Ok(TargetPolicy {
+        iqn,
+        enabled: section.enabled,
+        portals,
+        attributes,
+        max_lun: section.max_lun,
+    })
+}
+
+fn check_iqn(iqn: &str) -> Result<(), String> {
+    let valid_chars = iqn
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | ':'));
+    if !(iqn.starts_with("iqn.") || iqn.starts_with("eui.") || iqn.starts_with("naa."))
+        || !valid_chars
+        || iqn.len() > 223
+    {
+        return Err(format!(
+            "iqn {iqn:?} is not an iSCSI name (iqn.YYYY-MM.domain:name, lower case, [a-z0-9.:-])"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_portal(text: &str) -> Result<Portal, String> {
+    let portal = if let Ok(addr) = text.parse::<SocketAddr>() {
+        Portal {
+            ip: addr.ip(),
+            port: addr.port(),
+        }
+    } else if let Some(ip) = Portal::parse_ip_address(text) {
+        Portal { ip, port: 3260 }
+    } else {
+        return Err(format!(
+            "portal {text:?} is not ADDRESS:PORT (IPv6 in brackets: \"[fd00::10]:3260\")"
+        ));
+    };
+    if portal.ip.is_unspecified() {
+        return Err(format!(
+            "portal {text:?} listens on every address; name the node's NMN/HSN addresses \
+             (an all-address portal exposes unauthenticated LUNs outside the system)"
+        ));
+    }
+    if portal.port == 0 {
+        return Err(format!("portal {text:?} has port 0"));
+    }
+    Ok(portal)
+}
+
+fn check_lio(section: LioSection) -> Result<LioSettings, String> {
+    for (name, path) in [
+        ("saveconfig", &section.saveconfig),
+        ("targetctl", &section.targetctl),
+        ("backup_dir", &section.backup_dir),
+        ("lock_file", &section.lock_file),
+    ] {
+        if !path.is_absolute() {
+            return Err(format!("{name} {path:?} is not an absolute path"));
+        }
+    }
+    if section.saveconfig.file_name().is_none() {
+        return Err(format!("saveconfig {:?} names no file", section.saveconfig));
+    }
+    if section.backups_kept == 0 {
+        return Err("backups_kept must be at least 1".to_string());
+    }
+    let targetcli_lock = if section.targetcli_lock.as_os_str().is_empty() {
+        None
+    } else if section.targetcli_lock.is_absolute() {
+        Some(section.targetcli_lock)
+    } else {
+        return Err(format!(
+            "targetcli_lock {:?} is not an absolute path",
+            section.targetcli_lock
+        ));
+    };
+    Ok(LioSettings {
+        saveconfig: section.saveconfig,
+        targetctl: section.targetctl,
+        backup_dir: section.backup_dir,
+        backups_kept: section.backups_kept,
+        lock_file: section.lock_file,
+        targetcli_lock,
+    })
+}
+
+fn check_catalogue(section: CatalogueSection) -> Result<Catalogue, String> {
+    let bucket = section.bucket;
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
+    if !bucket_ok {
+        return Err(format!("bucket {bucket:?} is not an S3 bucket name"));
+    }
+    let mount_text = section
+        .mount
+        .to_str()
+        .ok_or_else(|| format!("mount {:?} is not UTF-8", section.mount))?;
+    let trimmed = mount_text.trim_end_matches('/');
+    if !section.mount.is_absolute() || trimmed.is_empty() {
+        return Err(format!(
+            "mount {mount_text:?} must be an absolute path below /"
+        ));
+    }
+    if trimmed.contains([',', '\n', '\0']) {
+        return Err(format!(
+            "mount {mount_text:?} holds a character a fileio device path cannot carry"
+        ));
+    }
+    let ims = match section.ims.file {
+        Some(file) => ImsSource::File(file),
+        None => return Err("ims: set `file` (a saved IMS answer)".to_string()),
+    };
+    let mut pe_prefixes = Vec::new();
+    for prefix in section.pe.prefixes {
+        if prefix.is_empty() || prefix.starts_with('/') || !prefix.ends_with('/') {
+            return Err(format!(
+                "pe.prefixes: {prefix:?} must be a relative key prefix ending in '/', like \"PE/\""
+            ));
+        }
+        crate::s3path::check_key(prefix.trim_end_matches('/'))
+            .map_err(|e| format!("pe.prefixes: {e}"))?;
+        pe_prefixes.push(prefix);
+    }
+    if section.manifest_max_bytes == 0 {
+        return Err("manifest_max_bytes must be positive".to_string());
+    }
+    Ok(Catalogue {
+        bucket,
+        mount: PathBuf::from(trimmed),
+        ims,
+        select: Selector {
+            metadata: section.ims.select.metadata,
+            untagged: section.ims.select.untagged,
+        },
+        pe_prefixes,
+        manifest_max_bytes: section.manifest_max_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostFacts {
+        HostFacts::from_hostname("ncn-w001.nmn")
+    }
+
+    const MINIMAL: &str = "
+target:
+  portals: [\"10.252.1.10:3260\", \"[fd00::10]:3260\"]
+catalogue:
+  ims:
+    file: /tmp/images.json
+";
+
+    #[test]
+    fn minimal_policy_takes_the_csm_defaults() {
+        let (policy, warnings) = Policy::from_yaml(MINIMAL, &host()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(policy.target.iqn, "iqn.2023-06.csm.iscsi:ncn-w001");
+        assert!(policy.target.enabled);
+        assert_eq!(policy.target.max_lun, 255);
+        assert_eq!(policy.target.attributes.len(), 5);
+        assert_eq!(policy.target.attributes.get("generate_node_acls"), Some(&1));
+        assert_eq!(policy.target.portals[1].ip_address(), "[fd00::10]");
+        assert_eq!(policy.catalogue.bucket, "boot-images");
+        assert_eq!(policy.catalogue.pe_prefixes, vec!["PE/".to_string()]);
+        assert_eq!(policy.safety.max_removals, 10);
+        assert_eq!(
+            policy.lio.targetcli_lock.as_deref(),
+            Some(Path::new("/var/run/targetcli.lock"))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_line_and_column() {
+        let text = "target:\n  portals: []\n  ipn: x\ncatalogue:\n  ims:\n    file: /x\n";
+        let err = Policy::from_yaml(text, &host()).unwrap_err();
+        assert!(err.contains("ipn"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("column 3"), "{err}");
+    }
+
+    #[test]
+    fn wildcard_portals_are_refused() {
+        for portal in ["0.0.0.0:3260", "[::]:3260", "0.0.0.0"] {
+            let text = MINIMAL.replace("10.252.1.10:3260", portal);
+            let err = Policy::from_yaml(&text, &host()).unwrap_err();
+            assert!(err.contains("every address"), "{portal}: {err}");
+        }
+    }
+
+    #[test]
+    fn portal_without_port_defaults_to_3260() {
+        let text = MINIMAL.replace("10.252.1.10:3260", "10.252.1.10");
+        let (policy, _) = Policy::from_yaml(&text, &host()).unwrap();
+        assert_eq!(policy.target.portals[0].to_string(), "10.252.1.10:3260");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_section() {
+        for (from, to, needle) in [
+            ("  ims:", "  mount: relative/dir\n  ims:", "mount"),
+            (
+                "  ims:",
+                "  pe: {prefixes: [\"/PE\"]}\n  ims:",
+                "pe.prefixes",
+            ),
+            ("  ims:", "  bucket: Boot_Images!\n  ims:", "bucket"),
+            ("target:", "target:\n  max_lun: 70000", "max_lun"),
+            ("target:", "target:\n  iqn: \"not an iqn\"", "iqn"),
+        ] {
+            let text = MINIMAL.replace(from, to);
+            let err = Policy::from_yaml(&text, &host()).unwrap_err();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn high_max_lun_is_a_warning() {
+        let text = MINIMAL.replace("target:", "target:\n  max_lun: 1000");
+        let (_, warnings) = Policy::from_yaml(&text, &host()).unwrap();
+        assert!(warnings.iter().any(|w| w.contains("scsi_mod.max_luns")));
+    }
+
+    #[test]
+    fn mount_paths_map_to_keys_and_back() {
+        let (policy, _) = Policy::from_yaml(
+            &MINIMAL.replace("  ims:", "  mount: /var/lib/m/\n  ims:"),
+            &host(),
+        )
+        .unwrap();
+        let c = &policy.catalogue;
+        assert_eq!(c.dev_for_key("PE/x"), "/var/lib/m/PE/x");
+        assert_eq!(c.key_for_dev("/var/lib/m/PE/x"), Some("PE/x"));
+        assert_eq!(c.key_for_dev("/var/lib/mm/PE/x"), None);
+        assert_eq!(c.key_for_dev("/var/lib/m/"), None);
+    }
+}
