@@ -168,10 +168,12 @@ impl Selector {
                         describe(found)
                     ))
                 }
-                None if is_key_value_form(map, key) => return Err(format!(
+                None if is_key_value_form(map, key) => {
+                    return Err(format!(
                     "metadata uses the old {{\"key\": {key:?}, \"value\": ..}} form (an IMS bug); \
                          not tagged under the strict rule: set metadata {key:?} to {wanted:?}"
-                )),
+                ))
+                }
                 None => return Err(format!("metadata has no {key:?} tag")),
             }
         }

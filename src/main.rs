@@ -1,1 +1,23 @@
-fn main() {}
+use clap::Parser;
+use sbps_reconcile::cli::Cli;
+use sbps_reconcile::error::Exit;
+use sbps_reconcile::{logger, run};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                Exit::Usage.code()
+            } else {
+                0
+            });
+        }
+    };
+    logger::init(cli.log_level());
+    let (report, exit) = run::run(&cli);
+    run::print(&report, cli.output);
+    ExitCode::from(exit.code())
+}

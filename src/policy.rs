@@ -160,6 +160,25 @@ impl Default for SafetySection {
     }
 }
 
+impl PolicyFile {
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if !path.as_os_str().is_empty() && path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.lio.saveconfig);
+        resolve(&mut self.lio.targetctl);
+        resolve(&mut self.lio.backup_dir);
+        resolve(&mut self.lio.lock_file);
+        resolve(&mut self.lio.targetcli_lock);
+        resolve(&mut self.catalogue.mount);
+        if let Some(file) = &mut self.catalogue.ims.file {
+            resolve(file);
+        }
+    }
+}
+
 /// Facts about this host that the policy may refer to.
 #[derive(Debug, Clone)]
 pub struct HostFacts {
@@ -297,7 +316,11 @@ impl Policy {
             path: path.to_owned(),
             source,
         })?;
-        Policy::from_yaml(&text, host).map_err(|message| Error::PolicyInvalid {
+        // Relative paths in the policy are relative to the policy file's directory.
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        Policy::from_yaml_in(&text, host, base.as_deref()).map_err(|message| Error::PolicyInvalid {
             path: path.to_owned(),
             message,
         })
@@ -305,7 +328,19 @@ impl Policy {
 
     /// Parses and checks policy text; returns the policy and warnings worth logging.
     pub fn from_yaml(text: &str, host: &HostFacts) -> Result<(Policy, Vec<String>), String> {
-        let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        Policy::from_yaml_in(text, host, None)
+    }
+
+    /// As [`Policy::from_yaml`], resolving relative paths against `base` when given.
+    pub fn from_yaml_in(
+        text: &str,
+        host: &HostFacts,
+        base: Option<&Path>,
+    ) -> Result<(Policy, Vec<String>), String> {
+        let mut file: PolicyFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(base) = base {
+            file.resolve_paths(base);
+        }
         Policy::check(file, host)
     }
 

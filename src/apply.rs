@@ -1,0 +1,446 @@
+//! Applying a plan: lock, backup, atomic write, `targetctl restore`, verify, roll back.
+//!
+//! `targetctl restore` clears the whole running configuration and rebuilds it, and exits 0
+//! even when parts failed, so nothing it says is taken on trust: its stderr is scanned for
+//! `, skipped` lines, and a `targetctl save` of the result must hold what was written.
+
+use crate::error::Error;
+use crate::lio::SaveConfig;
+use crate::policy::LioSettings;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A held `flock`; released when dropped.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+impl Lock {
+    /// Takes an exclusive, non-blocking lock on `path` (created if missing, mode 0600) and
+    /// records our pid in it. A lock held elsewhere is [`Error::LockBusy`].
+    pub fn acquire(path: &Path, holder_hint: &str) -> Result<Lock, Error> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::Apply(format!("cannot open lock file {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => holder_hint.to_string(),
+                    pid => format!("{holder_hint}, pid {pid}"),
+                };
+                return Err(Error::LockBusy {
+                    path: path.to_owned(),
+                    holder,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::Apply(format!("cannot lock {}: {e}", path.display())))
+            }
+        }
+        // Best effort: the pid only helps the message of a run that finds the lock held.
+        let _ = file.set_len(0);
+        let _ = writeln!(file, "{}", std::process::id());
+        Ok(Lock {
+            _file: file,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Replaces `path` atomically: a sibling temp file (mode 0600), fsync, rename, fsync of the
+/// directory, as rtslib writes `saveconfig.json`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{} names no file", path.display()))?;
+    let temp = dir.join(format!(".{}.sbps-reconcile.tmp", name.to_string_lossy()));
+    let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", temp.display());
+    // A stale temp file may carry another mode; never write through it.
+    match fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("remove stale", e)),
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| fail("create", e))?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(0o600)))
+        .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(fail("write", e));
+    }
+    drop(file);
+    if let Err(e) = fs::rename(&temp, path) {
+        let _ = fs::remove_file(&temp);
+        return Err(format!(
+            "cannot rename {} to {}: {e}",
+            temp.display(),
+            path.display()
+        ));
+    }
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot fsync directory {}: {e}", dir.display()))
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Backs up the current file as targetcli does: `<dir>/saveconfig-YYYYmmdd-HH:MM:SS-json.gz`,
+/// mode 0600, only when it differs from the newest backup, keeping the newest `keep`.
+/// Returns the new backup's path, if one was written.
+pub fn backup(
+    dir: &Path,
+    keep: usize,
+    current: &[u8],
+    stamp: &str,
+) -> Result<Option<PathBuf>, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let existing = list_backups(dir)?;
+    if let Some(newest) = existing.last() {
+        if read_backup(newest).is_some_and(|bytes| bytes == current) {
+            return Ok(None);
+        }
+    }
+    let path = dir.join(format!("saveconfig-{stamp}-json.gz"));
+    let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder
+        .write_all(current)
+        .map_err(|e| format!("cannot compress backup: {e}"))?;
+    let compressed = encoder
+        .finish()
+        .map_err(|e| format!("cannot compress backup: {e}"))?;
+    write_atomic(&path, &compressed)?;
+    let mut all = list_backups(dir)?;
+    let excess = all.len().saturating_sub(keep);
+    for old in all.drain(..excess) {
+        if let Err(e) = fs::remove_file(&old) {
+            log::warn!("cannot remove old backup {}: {e}", old.display());
+        }
+    }
+    Ok(Some(path))
+}
+
+/// Backups by name, oldest first (the timestamp in the name sorts in time order).
+fn list_backups(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry.file_name().to_str().is_some_and(|name| {
+                name.starts_with("saveconfig-") && name.contains("json") && !name.starts_with('.')
+            })
+        })
+        .map(|entry| entry.path())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+fn read_backup(path: &Path) -> Option<Vec<u8>> {
+    let raw = fs::read(path).ok()?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut bytes = Vec::new();
+        GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut bytes)
+            .ok()?;
+        Some(bytes)
+    } else {
+        Some(raw)
+    }
+}
+
+/// The `targetctl` program, run without a shell.
+#[derive(Debug, Clone)]
+pub struct Targetctl {
+    pub path: PathBuf,
+}
+
+impl Targetctl {
+    /// Fails before anything is touched when the program cannot be run at all.
+    pub fn preflight(&self) -> Result<(), Error> {
+        let meta = fs::metadata(&self.path).map_err(|e| {
+            Error::Apply(format!("cannot use targetctl {}: {e}", self.path.display()))
+        })?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(Error::Apply(format!(
+                "targetctl {} is not an executable file",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn run(&self, args: &[&str], file: Option<&Path>) -> Result<Output, String> {
+        let mut command = Command::new(&self.path);
+        command.args(args);
+        if let Some(file) = file {
+            command.arg(file);
+        }
+        log::debug!("running {:?}", command);
+        command
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("could not start {}: {e}", self.path.display()))
+    }
+
+    /// `targetctl restore FILE`, with its silent failures turned into errors.
+    pub fn restore(&self, file: &Path) -> Result<(), String> {
+        let output = self.run(&["restore"], Some(file))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let mut problems: Vec<String> = stderr
+            .lines()
+            .filter(|line| line.trim_end().ends_with(", skipped"))
+            .map(str::to_owned)
+            .collect();
+        if stdout.contains("No saved config file") || stderr.contains("No saved config file") {
+            problems.push(format!("targetctl found no file at {}", file.display()));
+        }
+        if !output.status.success() {
+            problems.insert(
+                0,
+                format!(
+                    "exited with {}{}",
+                    output.status,
+                    first_line(&stderr).map_or(String::new(), |l| format!(": {l}"))
+                ),
+            );
+        }
+        for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+            log::debug!("targetctl restore: {line}");
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{} restore {}` failed: {}",
+                self.path.display(),
+                file.display(),
+                problems.join("; ")
+            ))
+        }
+    }
+
+    /// `targetctl save FILE`, read back and removed.
+    pub fn save_to_string(&self, file: &Path) -> Result<Vec<u8>, String> {
+        let output = self.run(&["save"], Some(file))?;
+        let result = if output.status.success() {
+            fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
+        } else {
+            Err(format!(
+                "`{} save {}` exited with {}{}",
+                self.path.display(),
+                file.display(),
+                output.status,
+                first_line(&String::from_utf8_lossy(&output.stderr))
+                    .map_or(String::new(), |l| format!(": {l}"))
+            ))
+        };
+        let _ = fs::remove_file(file);
+        result
+    }
+
+    /// `targetctl clear`: the running configuration emptied.
+    pub fn clear(&self) -> Result<(), String> {
+        let output = self.run(&["clear"], None)?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{} clear` exited with {}",
+                self.path.display(),
+                output.status
+            ))
+        }
+    }
+}
+
+fn first_line(text: &str) -> Option<&str> {
+    text.lines().map(str::trim).find(|l| !l.is_empty())
+}
+
+/// What an apply did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub backup: Option<PathBuf>,
+}
+
+/// Writes and restores `desired`, verifies it, and on failure restores `previous` (the
+/// current file's bytes, `None` when there was no file).
+///
+/// `verify` compares what `targetctl save` reads back with what was written, and returns
+/// the managed differences (empty when they match).
+pub fn apply(
+    lio: &LioSettings,
+    previous: Option<&[u8]>,
+    desired: &SaveConfig,
+    stamp: &str,
+    verify: &dyn Fn(&SaveConfig) -> Vec<String>,
+) -> Result<Applied, Error> {
+    let targetctl = Targetctl {
+        path: lio.targetctl.clone(),
+    };
+    targetctl.preflight()?;
+    let backup = match previous {
+        Some(bytes) => backup(&lio.backup_dir, lio.backups_kept, bytes, stamp)
+            .map_err(|e| Error::Apply(format!("backup failed, nothing applied: {e}")))?,
+        None => None,
+    };
+    if let Some(path) = &backup {
+        log::info!(
+            "backed up {} as {}",
+            lio.saveconfig.display(),
+            path.display()
+        );
+    }
+    let live = &lio.saveconfig;
+    write_atomic(live, desired.to_canonical().as_bytes()).map_err(|e| {
+        Error::Apply(format!(
+            "cannot write {}, nothing applied: {e}",
+            live.display()
+        ))
+    })?;
+
+    let outcome = targetctl.restore(live).and_then(|()| {
+        let check = parent_dir(live).join(format!(
+            ".sbps-reconcile-verify-{}.json",
+            std::process::id()
+        ));
+        let saved = targetctl.save_to_string(&check)?;
+        let saved = SaveConfig::parse(&saved)
+            .map_err(|e| format!("verify: `targetctl save` wrote an unreadable file: {e}"))?;
+        let differences = verify(&saved);
+        if differences.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "verify: the running configuration differs from what was written: {}",
+                differences.join("; ")
+            ))
+        }
+    });
+    match outcome {
+        Ok(()) => Ok(Applied { backup }),
+        Err(error) => {
+            log::error!("{error}");
+            log::warn!("rolling back to the previous configuration");
+            match rollback(&targetctl, live, previous) {
+                Ok(()) => Err(Error::RolledBack { error }),
+                Err(rollback) => Err(Error::RollbackFailed { error, rollback }),
+            }
+        }
+    }
+}
+
+fn rollback(targetctl: &Targetctl, live: &Path, previous: Option<&[u8]>) -> Result<(), String> {
+    match previous {
+        Some(bytes) => {
+            write_atomic(live, bytes)?;
+            targetctl.restore(live)
+        }
+        None => {
+            // There was no file: the previous configuration was empty.
+            match fs::remove_file(live) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot remove {}: {e}", live.display())),
+            }
+            targetctl.clear()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("saveconfig.json");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&path, b"new\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+    }
+
+    #[test]
+    fn backups_skip_duplicates_and_keep_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = backup(dir.path(), 3, b"one", "20260101-00:00:01").unwrap();
+        assert!(first.is_some());
+        assert_eq!(
+            backup(dir.path(), 3, b"one", "20260101-00:00:02").unwrap(),
+            None
+        );
+        for (i, content) in ["two", "three", "four"].iter().enumerate() {
+            backup(
+                dir.path(),
+                3,
+                content.as_bytes(),
+                &format!("20260101-00:00:1{i}"),
+            )
+            .unwrap();
+        }
+        let all = list_backups(dir.path()).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(read_backup(&all[0]).unwrap(), b"two");
+        assert_eq!(read_backup(&all[2]).unwrap(), b"four");
+        let mode = fs::metadata(&all[2]).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(all[2]
+            .to_string_lossy()
+            .ends_with("saveconfig-20260101-00:00:12-json.gz"));
+    }
+
+    #[test]
+    fn a_second_lock_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let held = Lock::acquire(&path, "sbps-reconcile").unwrap();
+        match Lock::acquire(&path, "sbps-reconcile") {
+            Err(Error::LockBusy { holder, .. }) => {
+                assert!(holder.contains(&std::process::id().to_string()), "{holder}")
+            }
+            other => panic!("expected LockBusy, got {other:?}"),
+        }
+        drop(held);
+        assert!(Lock::acquire(&path, "sbps-reconcile").is_ok());
+    }
+}
