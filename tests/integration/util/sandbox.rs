@@ -1,0 +1,195 @@
+//! A directory per test with a policy, an offline catalogue (IMS file + mount), an
+//! `etc/target`, and the stand-in `targetctl`; runs the real binary in it.
+
+use assert_cmd::Command;
+use serde_json::{json, Value};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+/// What one run of the binary did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    context: String,
+}
+
+impl Run {
+    /// Asserts the exit code, showing everything on failure.
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "unexpected exit code\n{}", self.describe());
+        self
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document: {e}\n{}", self.describe()))
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "exit code: {}\n--- stdout\n{}\n--- stderr\n{}\n{}",
+            self.code, self.stdout, self.stderr, self.context
+        )
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::Builder::new()
+            .prefix("sbps-test-")
+            .tempdir()
+            .expect("temp dir");
+        let sandbox = Sandbox { dir };
+        for sub in ["mount", "etc/target", "bin", "run"] {
+            fs::create_dir_all(sandbox.path(sub)).unwrap();
+        }
+        let stub = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stub/targetctl");
+        fs::copy(&stub, sandbox.path("bin/targetctl")).unwrap();
+        fs::set_permissions(
+            sandbox.path("bin/targetctl"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        sandbox.write("images.json", "[]\n");
+        sandbox.write_policy("", 10);
+        sandbox
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn saveconfig(&self) -> PathBuf {
+        self.path("etc/target/saveconfig.json")
+    }
+
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    pub fn read(&self, rel: &str) -> Option<String> {
+        fs::read_to_string(self.path(rel)).ok()
+    }
+
+    /// Writes the policy; `target_extra` lines go under `target:`.
+    pub fn write_policy(&self, target_extra: &str, max_removals: usize) {
+        let root = self.root().display();
+        self.write(
+            "policy.yaml",
+            format!(
+                "target:\n  iqn: \"iqn.2023-06.csm.iscsi:ncn-w001\"\n  portals: [\"10.252.1.10:3260\"]\n  {target_extra}\n\
+                 lio:\n  saveconfig: {root}/etc/target/saveconfig.json\n  targetctl: {root}/bin/targetctl\n\
+                 \x20 backup_dir: {root}/etc/target/backup\n  lock_file: {root}/run/sbps-reconcile.lock\n\
+                 \x20 targetcli_lock: {root}/run/targetcli.lock\n\
+                 catalogue:\n  bucket: boot-images\n  mount: {root}/mount\n  ims:\n    file: {root}/images.json\n\
+                 safety:\n  max_removals: {max_removals}\n"
+            ),
+        );
+    }
+
+    /// The IMS records of images.json.
+    pub fn images(&self) -> Vec<Value> {
+        serde_json::from_str(&self.read("images.json").unwrap()).unwrap()
+    }
+
+    pub fn set_images(&self, records: &[Value]) {
+        self.write(
+            "images.json",
+            serde_json::to_string_pretty(records).unwrap(),
+        );
+    }
+
+    /// A tagged image: IMS record, manifest and rootfs file in the mount.
+    pub fn add_image(&self, id: &str, name: &str, etag: &str, content: &[u8]) {
+        let mut records = self.images();
+        records.retain(|r| r["id"] != json!(id));
+        records.push(json!({"id": id, "name": name, "created": "2025-03-04T10:11:12",
+            "arch": "x86_64", "metadata": {"sbps-project": "true"},
+            "link": {"path": format!("s3://boot-images/{id}/manifest.json"), "etag": "", "type": "s3"}}));
+        self.set_images(&records);
+        self.write(
+            &format!("mount/{id}/manifest.json"),
+            manifest(&format!("s3://boot-images/{id}/rootfs"), Some(etag)),
+        );
+        self.write(&format!("mount/{id}/rootfs"), content);
+    }
+
+    pub fn remove_image(&self, id: &str) {
+        let mut records = self.images();
+        records.retain(|r| r["id"] != json!(id));
+        self.set_images(&records);
+    }
+
+    /// Turns on a failure of the stand-in targetctl (see tests/stub/targetctl).
+    pub fn stub(&self, switch: &str, content: &str) {
+        self.write(&format!("bin/{switch}"), content);
+    }
+
+    /// The stand-in's calls, one per line, with the sandbox path shown as `ROOT`.
+    pub fn calls(&self) -> Vec<String> {
+        let root = self.root().display().to_string();
+        self.read("bin/calls.log")
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.replace(&root, "ROOT"))
+            .collect()
+    }
+
+    /// The stand-in's running configuration.
+    pub fn kernel(&self) -> Option<Value> {
+        self.read("bin/kernel.json")
+            .map(|t| serde_json::from_str(&t).unwrap())
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::cargo_bin("sbps-reconcile").unwrap();
+        command
+            .current_dir(self.root())
+            .env_remove("SBPS_RECONCILE_POLICY")
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .arg("--policy")
+            .arg(self.path("policy.yaml"));
+        command
+    }
+
+    /// Runs the binary with `--policy <sandbox policy>` and `args`.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_command(self.command().args(args))
+    }
+
+    pub fn run_command(&self, command: &mut Command) -> Run {
+        let output = command.output().expect("run sbps-reconcile");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            context: format!("--- targetctl calls\n{}", self.calls().join("\n")),
+        }
+    }
+}
+
+/// A manifest with one rootfs artifact (and a kernel), `etag` absent when `None`.
+pub fn manifest(path: &str, etag: Option<&str>) -> String {
+    let mut link = json!({"path": path, "type": "s3"});
+    if let Some(etag) = etag {
+        link["etag"] = json!(etag);
+    }
+    json!({"version": "1.0", "created": "2025-03-04 10:11:12", "artifacts": [
+        {"type": "application/vnd.cray.image.rootfs.squashfs", "md5": "0", "link": link},
+        {"type": "application/vnd.cray.image.kernel", "md5": "1",
+         "link": {"path": "s3://boot-images/x/kernel", "etag": "k", "type": "s3"}}]})
+    .to_string()
+}
