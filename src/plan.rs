@@ -128,12 +128,12 @@ struct Candidate {
 pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig) -> Plan {
     let catalogue = &policy.catalogue;
     let mut skipped = Vec::new();
-    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut candidates = Candidates::default();
     let mut images_by_key: BTreeMap<String, ImageRef> = BTreeMap::new();
 
     for entry in &snapshot.images {
         match rootfs_candidate(catalogue, snapshot, entry, &mut images_by_key) {
-            Ok(candidate) => add_candidate(&mut candidates, candidate, &mut skipped),
+            Ok(candidate) => candidates.add(candidate, &mut skipped),
             Err(skip) => skipped.push(*skip),
         }
     }
@@ -149,7 +149,7 @@ pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig) -> Plan 
             object.size,
             object.etag.as_deref(),
         ) {
-            Ok(candidate) => add_candidate(&mut candidates, candidate, &mut skipped),
+            Ok(candidate) => candidates.add(candidate, &mut skipped),
             Err(skip) => skipped.push(*skip),
         }
     }
@@ -157,24 +157,17 @@ pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig) -> Plan 
     let state = CurrentState::read(current, policy);
 
     // A fileio object we do not manage already holds this name: the kernel allows one.
+    let mut candidates = candidates.list;
     candidates.retain(|c| match state.foreign_fileio.get(&c.identity.name) {
         Some(dev) => {
-            skipped.push(Skipped {
-                kind: c.kind,
-                image: c.images.first().cloned().unwrap_or(ImageRef {
-                    id: None,
-                    name: None,
-                }),
-                source: Some(c.source.clone()),
-                reason: SkipReason::new(
-                    ReasonCode::NameConflict,
-                    format!(
-                        "storage object fileio/{} already exists for {dev}, outside the mount; \
-                         it is not the tool's to replace",
-                        c.identity.name
-                    ),
+            skipped.push(c.skipped(
+                ReasonCode::NameConflict,
+                format!(
+                    "storage object fileio/{} already exists for {dev}, outside the mount; \
+                     it is not the tool's to replace",
+                    c.identity.name
                 ),
-            });
+            ));
             false
         }
         None => true,
@@ -182,55 +175,73 @@ pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig) -> Plan 
 
     let allocation = allocate_luns(&candidates, &state, policy.target.max_lun);
     for c in &allocation.unplaced {
-        skipped.push(Skipped {
-            kind: c.kind,
-            image: c.images.first().cloned().unwrap_or(ImageRef {
-                id: None,
-                name: None,
-            }),
-            source: Some(c.source.clone()),
-            reason: SkipReason::new(
-                ReasonCode::NoFreeLun,
-                format!(
-                    "every LUN index from 0 to {} is in use (target.max_lun)",
-                    policy.target.max_lun
-                ),
+        skipped.push(c.skipped(
+            ReasonCode::NoFreeLun,
+            format!(
+                "every LUN index from 0 to {} is in use (target.max_lun)",
+                policy.target.max_lun
             ),
-        });
+        ));
     }
 
     build(policy, current, &state, allocation, &images_by_key, skipped)
 }
 
-fn add_candidate(
-    candidates: &mut Vec<Candidate>,
-    candidate: Candidate,
-    skipped: &mut Vec<Skipped>,
-) {
-    match candidates
-        .iter_mut()
-        .find(|c| c.identity.name == candidate.identity.name)
-    {
-        // Same identity means the same path and etag: one storage object serves both images.
-        Some(existing) if existing.dev == candidate.dev && existing.size == candidate.size => {
-            existing.images.extend(candidate.images);
-        }
-        Some(existing) => skipped.push(Skipped {
-            kind: candidate.kind,
-            image: candidate.images.first().cloned().unwrap_or(ImageRef {
-                id: None,
-                name: None,
-            }),
-            source: Some(candidate.source.clone()),
-            reason: SkipReason::new(
-                ReasonCode::NameConflict,
-                format!(
+/// Candidates in catalogue order, found by name in a map (the catalogue holds thousands).
+#[derive(Default)]
+struct Candidates {
+    list: Vec<Candidate>,
+    by_name: BTreeMap<String, usize>,
+}
+
+impl Candidates {
+    fn add(&mut self, candidate: Candidate, skipped: &mut Vec<Skipped>) {
+        let existing = self
+            .by_name
+            .get(&candidate.identity.name)
+            .and_then(|&at| self.list.get_mut(at));
+        match existing {
+            // Same identity means the same path and etag: one storage object serves both.
+            Some(existing) if existing.dev == candidate.dev && existing.size == candidate.size => {
+                existing.images.extend(candidate.images);
+            }
+            Some(existing) => {
+                let detail = format!(
                     "its identity {} is already taken by {}",
                     candidate.identity.name, existing.source
-                ),
-            ),
-        }),
-        None => candidates.push(candidate),
+                );
+                skipped.push(candidate.skipped(ReasonCode::NameConflict, detail));
+            }
+            None => {
+                self.by_name
+                    .insert(candidate.identity.name.clone(), self.list.len());
+                self.list.push(candidate);
+            }
+        }
+    }
+}
+
+impl Candidate {
+    fn skipped(&self, code: ReasonCode, detail: String) -> Skipped {
+        Skipped {
+            kind: self.kind,
+            image: self
+                .images
+                .first()
+                .cloned()
+                .unwrap_or_else(ImageRef::unknown),
+            source: Some(self.source.clone()),
+            reason: SkipReason::new(code, detail),
+        }
+    }
+}
+
+impl ImageRef {
+    fn unknown() -> ImageRef {
+        ImageRef {
+            id: None,
+            name: None,
+        }
     }
 }
 
@@ -822,10 +833,10 @@ fn build(
                 id: None,
                 name: Some(key.to_string()),
             },
-            Kind::Rootfs => images_by_key.get(key).cloned().unwrap_or(ImageRef {
-                id: None,
-                name: None,
-            }),
+            Kind::Rootfs => images_by_key
+                .get(key)
+                .cloned()
+                .unwrap_or_else(ImageRef::unknown),
         };
         projections.push(Projection {
             kind,
