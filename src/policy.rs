@@ -7,6 +7,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const DEFAULT_POLICY_PATH: &str = "/etc/sbps-reconcile/policy.yaml";
 
@@ -89,6 +90,8 @@ impl Default for LioSection {
 pub struct CatalogueSection {
     #[serde(default = "default_bucket")]
     pub bucket: String,
+    /// Live S3; without it, the mount stands in for the bucket (offline).
+    pub s3: Option<S3Section>,
     #[serde(default = "default_mount")]
     pub mount: PathBuf,
     pub ims: ImsSection,
@@ -114,8 +117,102 @@ fn default_manifest_max_bytes() -> u64 {
 pub struct ImsSection {
     /// A saved `GET /v3/images` answer (offline mode).
     pub file: Option<PathBuf>,
+    /// The live IMS images endpoint, fetched with exactly `GET <url>`.
+    pub url: Option<String>,
+    /// Seconds for the whole request.
+    #[serde(default = "default_ims_timeout")]
+    pub timeout: f64,
+    /// PEM file of the CAs to trust (instead of the system's).
+    pub ca_bundle: Option<PathBuf>,
+    /// Skip TLS verification (logged as a warning on every run).
+    #[serde(default)]
+    pub insecure: bool,
+    pub auth: Option<AuthSection>,
     #[serde(default)]
     pub select: SelectSection,
+}
+
+fn default_ims_timeout() -> f64 {
+    10.0
+}
+
+/// How the tool authenticates to IMS.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthSection {
+    /// No `Authorization` header.
+    None,
+    /// A file holding a bearer token, re-read every run.
+    TokenFile(PathBuf),
+    /// A JWT-SVID from the SPIRE agent (how the old agent authenticates).
+    Spire(SpireSection),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpireSection {
+    pub agent: PathBuf,
+    pub socket: PathBuf,
+    pub audience: String,
+    /// Accepted SPIFFE IDs, in order; `{xname}` is this node's xname from /etc/cray/xname.
+    pub spiffe_ids: Vec<String>,
+    /// Seconds the agent may take.
+    pub timeout: f64,
+}
+
+impl Default for SpireSection {
+    fn default() -> Self {
+        SpireSection {
+            agent: "/opt/cray/cray-spire/sbps-marshal-spire-agent".into(),
+            socket: "/var/lib/spire/agent.sock".into(),
+            audience: "system-compute".to_string(),
+            spiffe_ids: vec![
+                "spiffe://shasta/ncn/workload/sbps-marshal".to_string(),
+                "spiffe://shasta/ncn/{xname}/workload/sbps-marshal".to_string(),
+            ],
+            timeout: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    /// e.g. `https://rgw-vip.nmn`; path-style requests.
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// One line `ACCESS_KEY_ID:SECRET_KEY` (the s3fs credentials file).
+    #[serde(default = "default_credentials_file")]
+    pub credentials_file: PathBuf,
+    pub ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure: bool,
+    /// Seconds for each request.
+    #[serde(default = "default_s3_timeout")]
+    pub timeout: f64,
+    /// Keys per ListObjectsV2 page (S3's maximum is 1000).
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Manifest GETs in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+fn default_credentials_file() -> PathBuf {
+    "/root/.ims.s3fs".into()
+}
+fn default_s3_timeout() -> f64 {
+    30.0
+}
+fn default_page_size() -> u32 {
+    1000
+}
+fn default_concurrency() -> usize {
+    8
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,8 +270,23 @@ impl PolicyFile {
         resolve(&mut self.lio.lock_file);
         resolve(&mut self.lio.targetcli_lock);
         resolve(&mut self.catalogue.mount);
-        if let Some(file) = &mut self.catalogue.ims.file {
-            resolve(file);
+        let ims = &mut self.catalogue.ims;
+        for path in [&mut ims.file, &mut ims.ca_bundle].into_iter().flatten() {
+            resolve(path);
+        }
+        match &mut ims.auth {
+            Some(AuthSection::TokenFile(path)) => resolve(path),
+            Some(AuthSection::Spire(spire)) => {
+                resolve(&mut spire.agent);
+                resolve(&mut spire.socket);
+            }
+            Some(AuthSection::None) | None => {}
+        }
+        if let Some(s3) = &mut self.catalogue.s3 {
+            resolve(&mut s3.credentials_file);
+            if let Some(ca) = &mut s3.ca_bundle {
+                resolve(ca);
+            }
         }
     }
 }
@@ -265,6 +377,8 @@ pub struct LioSettings {
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     pub bucket: String,
+    /// Live S3, or `None` for the offline catalogue (the mount stands in for the bucket).
+    pub s3: Option<S3Settings>,
     /// The s3fs mount, without a trailing slash.
     pub mount: PathBuf,
     pub ims: ImsSource,
@@ -297,6 +411,51 @@ impl Catalogue {
 pub enum ImsSource {
     /// A saved IMS answer on disk.
     File(PathBuf),
+    /// The live IMS endpoint.
+    Http(ImsHttp),
+}
+
+#[derive(Debug, Clone)]
+pub struct ImsHttp {
+    pub url: String,
+    pub timeout: Duration,
+    pub tls: TlsSettings,
+    pub auth: ImsAuth,
+}
+
+/// TLS trust for one endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// Trust exactly these CAs instead of the system's.
+    pub ca_bundle: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum ImsAuth {
+    None,
+    TokenFile(PathBuf),
+    Spire(Spire),
+}
+
+#[derive(Debug, Clone)]
+pub struct Spire {
+    pub agent: PathBuf,
+    pub socket: PathBuf,
+    pub audience: String,
+    pub spiffe_ids: Vec<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub region: String,
+    pub credentials_file: PathBuf,
+    pub tls: TlsSettings,
+    pub timeout: Duration,
+    pub page_size: u32,
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -508,7 +667,14 @@ fn check_lio(section: LioSection) -> Result<LioSettings, String> {
     })
 }
 
+/// IMS soft deletes move objects under this prefix; nothing there is ever projected.
+pub const DELETED_PREFIX: &str = "deleted/";
+
 fn check_catalogue(section: CatalogueSection) -> Result<Catalogue, String> {
+    let select = Selector {
+        metadata: section.ims.select.metadata.clone(),
+        untagged: section.ims.select.untagged,
+    };
     let bucket = section.bucket;
     let bucket_ok = (3..=63).contains(&bucket.len())
         && bucket
@@ -532,12 +698,19 @@ fn check_catalogue(section: CatalogueSection) -> Result<Catalogue, String> {
             "mount {mount_text:?} holds a character a fileio device path cannot carry"
         ));
     }
-    let ims = match section.ims.file {
-        Some(file) => ImsSource::File(file),
-        None => return Err("ims: set `file` (a saved IMS answer)".to_string()),
-    };
+    let ims = check_ims(section.ims).map_err(|e| format!("ims: {e}"))?;
+    let s3 = section
+        .s3
+        .map(check_s3)
+        .transpose()
+        .map_err(|e| format!("s3: {e}"))?;
     let mut pe_prefixes = Vec::new();
     for prefix in section.pe.prefixes {
+        if prefix.starts_with(DELETED_PREFIX) {
+            return Err(format!(
+                "pe.prefixes: {prefix:?} lies under {DELETED_PREFIX:?}, where IMS moves deleted objects"
+            ));
+        }
         if prefix.is_empty() || prefix.starts_with('/') || !prefix.ends_with('/') {
             return Err(format!(
                 "pe.prefixes: {prefix:?} must be a relative key prefix ending in '/', like \"PE/\""
@@ -552,15 +725,131 @@ fn check_catalogue(section: CatalogueSection) -> Result<Catalogue, String> {
     }
     Ok(Catalogue {
         bucket,
+        s3,
         mount: PathBuf::from(trimmed),
         ims,
-        select: Selector {
-            metadata: section.ims.select.metadata,
-            untagged: section.ims.select.untagged,
-        },
+        select,
         pe_prefixes,
         manifest_max_bytes: section.manifest_max_bytes,
     })
+}
+
+fn check_ims(section: ImsSection) -> Result<ImsSource, String> {
+    match (section.file, section.url) {
+        (Some(_), Some(_)) => Err("set either `file` or `url`, not both".to_string()),
+        (None, None) => Err("set `file` (a saved IMS answer) or `url` (live IMS)".to_string()),
+        (Some(file), None) => Ok(ImsSource::File(file)),
+        (None, Some(url)) => {
+            check_url(&url, "url", UrlUse::BearerToken)?;
+            let auth = match section.auth {
+                None => {
+                    return Err(
+                        "`auth` is required with `url`: token_file: PATH, spire: {..}, or none"
+                            .to_string(),
+                    )
+                }
+                Some(AuthSection::None) => ImsAuth::None,
+                Some(AuthSection::TokenFile(path)) => ImsAuth::TokenFile(path),
+                Some(AuthSection::Spire(spire)) => {
+                    if spire.spiffe_ids.is_empty() {
+                        return Err("auth.spire.spiffe_ids must not be empty".to_string());
+                    }
+                    ImsAuth::Spire(Spire {
+                        agent: spire.agent,
+                        socket: spire.socket,
+                        audience: spire.audience,
+                        spiffe_ids: spire.spiffe_ids,
+                        timeout: seconds(spire.timeout, "auth.spire.timeout")?,
+                    })
+                }
+            };
+            Ok(ImsSource::Http(ImsHttp {
+                url,
+                timeout: seconds(section.timeout, "timeout")?,
+                tls: TlsSettings {
+                    ca_bundle: section.ca_bundle,
+                    insecure: section.insecure,
+                },
+                auth,
+            }))
+        }
+    }
+}
+
+fn check_s3(section: S3Section) -> Result<S3Settings, String> {
+    check_url(&section.endpoint, "endpoint", UrlUse::Signed)?;
+    if section.region.is_empty() {
+        return Err("region must not be empty".to_string());
+    }
+    if !(1..=1000).contains(&section.page_size) {
+        return Err(format!(
+            "page_size {} is not within 1..=1000",
+            section.page_size
+        ));
+    }
+    if section.concurrency == 0 {
+        return Err("concurrency must be at least 1".to_string());
+    }
+    Ok(S3Settings {
+        endpoint: section.endpoint.trim_end_matches('/').to_string(),
+        region: section.region,
+        credentials_file: section.credentials_file,
+        tls: TlsSettings {
+            ca_bundle: section.ca_bundle,
+            insecure: section.insecure,
+        },
+        timeout: seconds(section.timeout, "timeout")?,
+        page_size: section.page_size,
+        concurrency: section.concurrency,
+    })
+}
+
+fn seconds(value: f64, name: &str) -> Result<Duration, String> {
+    if value.is_finite() && value > 0.0 && value <= 3600.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!("{name} must be a number of seconds in (0, 3600]"))
+    }
+}
+
+enum UrlUse {
+    /// Carries a bearer token: plain http only to this host itself.
+    BearerToken,
+    /// Requests are signed (SigV4), so plain http leaks no secret.
+    Signed,
+}
+
+/// The host part of an http(s) URL, and whether the scheme is https.
+fn check_url(url: &str, name: &str, usage: UrlUse) -> Result<(), String> {
+    let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        return Err(format!("{name} {url:?} is not an http(s) URL"));
+    };
+    if url.contains(['?', '#']) {
+        return Err(format!(
+            "{name} {url:?} holds a query or fragment; the request must be exactly GET <url>"
+        ));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host.split(':').next().unwrap_or_default()
+    };
+    if host.is_empty() {
+        return Err(format!("{name} {url:?} names no host"));
+    }
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !https && !loopback && matches!(usage, UrlUse::BearerToken) {
+        return Err(format!(
+            "{name} {url:?} would send the bearer token unencrypted; use https"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

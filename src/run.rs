@@ -74,7 +74,7 @@ fn reconcile(cli: &Cli, report: &mut Report) -> Result<Exit, Error> {
         log::warn!("{warning}");
     }
     let current = CurrentFile::read(&policy.lio.saveconfig)?;
-    let sources = sources::open(&policy);
+    let sources = sources::open(&policy)?;
     let snapshot = sources::collect(&policy, &sources)?;
     report.mode = Some(sources.mode.to_string());
     report.etag_verified = snapshot.verifies_etags();

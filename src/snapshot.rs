@@ -36,6 +36,16 @@ pub enum ManifestRead {
     Skip(SkipReason),
 }
 
+impl ManifestRead {
+    /// Parses manifest bytes (see [`crate::manifest::parse`]).
+    pub fn from_bytes(bytes: &[u8]) -> ManifestRead {
+        match crate::manifest::parse(bytes) {
+            Ok(artifact) => ManifestRead::Rootfs(artifact),
+            Err(reason) => ManifestRead::Skip(reason),
+        }
+    }
+}
+
 /// An S3 object as the bucket listing reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectInfo {

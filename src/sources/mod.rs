@@ -3,12 +3,20 @@
 //! behind two small traits, so the offline source (a saved IMS answer and the mount) and the
 //! live ones (IMS over HTTPS, S3) slot in side by side.
 
+#[cfg(feature = "live")]
+pub mod auth;
+#[cfg(feature = "live")]
+pub mod ims;
 pub mod mount;
 pub mod offline;
+#[cfg(feature = "live")]
+pub mod s3;
+#[cfg(feature = "live")]
+pub mod tls;
 
 use crate::error::Error;
 use crate::image::{parse_record, ImageEntry};
-use crate::policy::Policy;
+use crate::policy::{ImsSource, Policy};
 use crate::s3path;
 use crate::snapshot::{ManifestRead, ObjectInfo, PeObject, Snapshot};
 use mount::Mount;
@@ -24,8 +32,9 @@ pub trait ImageList {
 
 /// Where manifests and object facts come from.
 pub trait ObjectStore {
-    /// Reads a manifest and reduces it to its rootfs artifact; never fails the run.
-    fn manifest(&self, key: &str, max_bytes: u64) -> ManifestRead;
+    /// Reads manifests and reduces each to its rootfs artifact; a manifest that cannot be
+    /// read is a [`ManifestRead::Skip`], never a failed run.
+    fn manifests(&self, keys: &BTreeSet<String>, max_bytes: u64) -> BTreeMap<String, ManifestRead>;
     /// S3's own facts (size, ETag) for `keys`, or `None` when this store cannot tell.
     fn objects(
         &self,
@@ -44,9 +53,59 @@ pub struct Sources {
     pub mode: &'static str,
 }
 
-/// Builds the sources the policy names.
-pub fn open(policy: &Policy) -> Sources {
-    offline::open(policy)
+/// Builds the sources the policy names: IMS from a file or over HTTPS, objects from the
+/// mount (offline) or from S3.
+pub fn open(policy: &Policy) -> Result<Sources, Error> {
+    let catalogue = &policy.catalogue;
+    let mount = Mount::new(&catalogue.mount);
+    #[cfg(feature = "live")]
+    let runtime = live_runtime(policy)?;
+    let images: Box<dyn ImageList> = match &catalogue.ims {
+        ImsSource::File(path) => Box::new(offline::ImsFile { path: path.clone() }),
+        #[cfg(feature = "live")]
+        ImsSource::Http(settings) => Box::new(ims::ImsClient::new(settings, runtime.clone())?),
+        #[cfg(not(feature = "live"))]
+        ImsSource::Http(_) => return Err(no_live_sources()),
+    };
+    let (store, mode): (Box<dyn ObjectStore>, _) = match &catalogue.s3 {
+        None => (
+            Box::new(offline::MountStore {
+                mount: mount.clone(),
+            }),
+            "offline",
+        ),
+        #[cfg(feature = "live")]
+        Some(settings) => (
+            Box::new(s3::S3Store::new(settings, &catalogue.bucket, runtime)?),
+            "live",
+        ),
+        #[cfg(not(feature = "live"))]
+        Some(_) => return Err(no_live_sources()),
+    };
+    Ok(Sources {
+        images,
+        store,
+        mount,
+        mode,
+    })
+}
+
+/// One single-threaded runtime drives every live request of a run.
+#[cfg(feature = "live")]
+fn live_runtime(policy: &Policy) -> Result<std::sync::Arc<tokio::runtime::Runtime>, Error> {
+    let _ = policy;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(std::sync::Arc::new)
+        .map_err(|e| Error::Source(format!("cannot start the I/O runtime: {e}")))
+}
+
+#[cfg(not(feature = "live"))]
+fn no_live_sources() -> Error {
+    Error::Source(
+        "this build has no live sources (IMS url, S3); rebuild with the `live` feature".to_string(),
+    )
 }
 
 /// Gathers a snapshot: the IMS records, the manifests of the images that pass the tag filter,
@@ -71,13 +130,9 @@ pub fn collect(policy: &Policy, sources: &Sources) -> Result<Snapshot, Error> {
         .map(str::to_owned)
         .collect();
     log::debug!("reading {} manifest(s)", manifest_keys.len());
-    let manifests: BTreeMap<String, ManifestRead> = manifest_keys
-        .into_iter()
-        .map(|key| {
-            let read = sources.store.manifest(&key, catalogue.manifest_max_bytes);
-            (key, read)
-        })
-        .collect();
+    let manifests = sources
+        .store
+        .manifests(&manifest_keys, catalogue.manifest_max_bytes);
 
     let mut pe_objects = Vec::new();
     for prefix in &catalogue.pe_prefixes {

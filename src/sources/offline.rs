@@ -3,28 +3,13 @@
 //! `<mount>/<prefix>`, and S3 ETags cannot be checked (the manifest etag is trusted).
 
 use super::mount::Mount;
-use super::{ImageList, ObjectStore, Sources};
+use super::{ImageList, ObjectStore};
 use crate::error::Error;
-use crate::manifest;
-use crate::policy::{ImsSource, Policy};
 use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::{ManifestRead, ObjectInfo, PeObject};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-
-pub fn open(policy: &Policy) -> Sources {
-    let mount = Mount::new(&policy.catalogue.mount);
-    let ImsSource::File(file) = &policy.catalogue.ims;
-    Sources {
-        images: Box::new(ImsFile { path: file.clone() }),
-        store: Box::new(MountStore {
-            mount: mount.clone(),
-        }),
-        mount,
-        mode: "offline",
-    }
-}
 
 /// A saved `GET /v3/images` answer.
 pub struct ImsFile {
@@ -59,14 +44,18 @@ pub struct MountStore {
 }
 
 impl ObjectStore for MountStore {
-    fn manifest(&self, key: &str, max_bytes: u64) -> ManifestRead {
-        match self.mount.read(key, max_bytes) {
-            Ok(bytes) => match manifest::parse(&bytes) {
-                Ok(artifact) => ManifestRead::Rootfs(artifact),
-                Err(reason) => ManifestRead::Skip(reason),
-            },
-            Err(e) => ManifestRead::Skip(SkipReason::new(ReasonCode::ManifestUnreadable, e)),
-        }
+    fn manifests(&self, keys: &BTreeSet<String>, max_bytes: u64) -> BTreeMap<String, ManifestRead> {
+        keys.iter()
+            .map(|key| {
+                let read = match self.mount.read(key, max_bytes) {
+                    Ok(bytes) => ManifestRead::from_bytes(&bytes),
+                    Err(e) => {
+                        ManifestRead::Skip(SkipReason::new(ReasonCode::ManifestUnreadable, e))
+                    }
+                };
+                (key.clone(), read)
+            })
+            .collect()
     }
 
     fn objects(

@@ -1,0 +1,348 @@
+//! The live bucket: one ListObjectsV2 walk (following continuation tokens) and concurrent,
+//! size-limited GetObject calls for manifests, with aws-sdk-s3.
+//!
+//! The SDK runs over our own HTTP connector (reqwest on the same rustls/ring stack as IMS),
+//! so that `ca_bundle` and `insecure` mean the same for both sources and no second TLS
+//! library is built. Credentials come from the s3fs credentials file only: no environment,
+//! profile or instance-metadata lookups.
+
+use super::{tls, ObjectStore};
+use crate::error::Error;
+use crate::policy::{S3Settings, DELETED_PREFIX};
+use crate::skip::{ReasonCode, SkipReason};
+use crate::snapshot::{ManifestRead, ObjectInfo, PeObject};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_smithy_runtime_api::client::http::{
+    http_client_fn, HttpConnector, HttpConnectorFuture, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_types::body::SdkBody;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use tokio::runtime::Runtime;
+
+/// A bound on listing pages: 100,000 pages of up to 1,000 keys.
+const MAX_PAGES: usize = 100_000;
+/// The most bytes the connector buffers for one response (manifests are checked against
+/// their own, smaller limit before they are fetched).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    settings: S3Settings,
+    runtime: Arc<Runtime>,
+    listing: OnceLock<BTreeMap<String, ObjectInfo>>,
+}
+
+impl S3Store {
+    pub fn new(
+        settings: &S3Settings,
+        bucket: &str,
+        runtime: Arc<Runtime>,
+    ) -> Result<S3Store, Error> {
+        Ok(S3Store {
+            client: client(settings)?,
+            bucket: bucket.to_string(),
+            settings: settings.clone(),
+            runtime,
+            listing: OnceLock::new(),
+        })
+    }
+
+    /// The whole bucket but `deleted/`, listed once per run.
+    fn listing(&self) -> Result<&BTreeMap<String, ObjectInfo>, Error> {
+        if let Some(listing) = self.listing.get() {
+            return Ok(listing);
+        }
+        let listing = self.runtime.block_on(list_bucket(
+            &self.client,
+            &self.bucket,
+            self.settings.page_size,
+        ))?;
+        Ok(self.listing.get_or_init(|| listing))
+    }
+}
+
+/// Reads `ACCESS_KEY_ID:SECRET_KEY` from the credentials file.
+pub fn read_credentials(path: &Path) -> Result<Credentials, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Source(format!(
+            "cannot read S3 credentials {}: {e}",
+            path.display()
+        ))
+    })?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    match line.split_once(':') {
+        Some((key, secret)) if !key.is_empty() && !secret.is_empty() => Ok(Credentials::new(
+            key,
+            secret,
+            None,
+            None,
+            "sbps-reconcile credentials file",
+        )),
+        _ => Err(Error::Source(format!(
+            "S3 credentials {} do not hold one line ACCESS_KEY_ID:SECRET_KEY",
+            path.display()
+        ))),
+    }
+}
+
+/// An S3 client for the policy's endpoint: path-style, static credentials, our connector.
+pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, Error> {
+    let credentials = read_credentials(&settings.credentials_file)?;
+    let http = tls::http_client(&settings.tls, "S3", settings.timeout)?;
+    let connector = SharedHttpConnector::new(ReqwestConnector { client: http });
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(settings.region.clone()))
+        .endpoint_url(&settings.endpoint)
+        .force_path_style(true)
+        .credentials_provider(credentials)
+        .http_client(http_client_fn(move |_, _| connector.clone()))
+        // Whole-body checksums need streaming bodies; ETags are checked by the planner.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+async fn list_bucket(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    page_size: u32,
+) -> Result<BTreeMap<String, ObjectInfo>, Error> {
+    let mut objects = BTreeMap::new();
+    let mut token: Option<String> = None;
+    for page in 1..=MAX_PAGES {
+        let mut request = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .max_keys(i32::try_from(page_size).unwrap_or(1000));
+        if let Some(token) = token.take() {
+            request = request.continuation_token(token);
+        }
+        let answer = request.send().await.map_err(|e| {
+            Error::Source(format!(
+                "cannot list bucket {bucket} (page {page}): {}",
+                DisplayErrorContext(&e)
+            ))
+        })?;
+        for object in answer.contents() {
+            let Some(key) = object.key() else { continue };
+            if key.starts_with(DELETED_PREFIX) {
+                continue;
+            }
+            objects.insert(
+                key.to_string(),
+                ObjectInfo {
+                    size: object
+                        .size()
+                        .and_then(|s| u64::try_from(s).ok())
+                        .unwrap_or(0),
+                    etag: object.e_tag().unwrap_or("").trim_matches('"').to_string(),
+                },
+            );
+        }
+        match (answer.is_truncated(), answer.next_continuation_token()) {
+            (Some(true), Some(next)) if !next.is_empty() => token = Some(next.to_string()),
+            _ => {
+                log::debug!("listed {} object(s) in {page} page(s)", objects.len());
+                return Ok(objects);
+            }
+        }
+    }
+    Err(Error::Source(format!(
+        "listing bucket {bucket} did not end within {MAX_PAGES} pages"
+    )))
+}
+
+async fn get_manifest(client: aws_sdk_s3::Client, bucket: String, key: String) -> ManifestRead {
+    let unreadable = |detail: String| {
+        ManifestRead::Skip(SkipReason::new(ReasonCode::ManifestUnreadable, detail))
+    };
+    let answer = match client.get_object().bucket(&bucket).key(&key).send().await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return unreadable(format!(
+                "GET s3://{bucket}/{key} failed: {}",
+                DisplayErrorContext(&e)
+            ))
+        }
+    };
+    match answer.body.collect().await {
+        Ok(bytes) => ManifestRead::from_bytes(&bytes.into_bytes()),
+        Err(e) => unreadable(format!("reading s3://{bucket}/{key} failed: {e}")),
+    }
+}
+
+impl ObjectStore for S3Store {
+    fn manifests(&self, keys: &BTreeSet<String>, max_bytes: u64) -> BTreeMap<String, ManifestRead> {
+        let mut reads = BTreeMap::new();
+        let listing = match self.listing() {
+            Ok(listing) => Some(listing),
+            Err(e) => {
+                log::warn!("{e}");
+                None
+            }
+        };
+        // What the listing already rules out needs no GET.
+        let mut fetch = Vec::new();
+        for key in keys {
+            let url = format!("s3://{}/{key}", self.bucket);
+            match listing.map(|l| l.get(key)) {
+                Some(None) => {
+                    reads.insert(
+                        key.clone(),
+                        ManifestRead::Skip(SkipReason::new(
+                            ReasonCode::ManifestUnreadable,
+                            format!("no S3 object at {url}"),
+                        )),
+                    );
+                }
+                Some(Some(object)) if object.size > max_bytes => {
+                    reads.insert(
+                        key.clone(),
+                        ManifestRead::Skip(SkipReason::new(
+                            ReasonCode::ManifestUnreadable,
+                            format!(
+                                "{url} has {} bytes, above the {max_bytes}-byte limit \
+                                 (catalogue.manifest_max_bytes)",
+                                object.size
+                            ),
+                        )),
+                    );
+                }
+                _ => fetch.push(key.clone()),
+            }
+        }
+        log::debug!(
+            "fetching {} manifest(s), {} at a time",
+            fetch.len(),
+            self.settings.concurrency
+        );
+        let fetched = self.runtime.block_on(async {
+            let permits = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency));
+            let mut tasks = tokio::task::JoinSet::new();
+            for key in fetch {
+                let permits = permits.clone();
+                let client = self.client.clone();
+                let bucket = self.bucket.clone();
+                tasks.spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let read = get_manifest(client, bucket, key.clone()).await;
+                    (key, read)
+                });
+            }
+            let mut done = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok(pair) => done.push(pair),
+                    Err(e) => log::error!("a manifest fetch task failed: {e}"),
+                }
+            }
+            done
+        });
+        reads.extend(fetched);
+        for key in keys {
+            reads.entry(key.clone()).or_insert_with(|| {
+                ManifestRead::Skip(SkipReason::new(
+                    ReasonCode::ManifestUnreadable,
+                    format!("s3://{}/{key} was not read", self.bucket),
+                ))
+            });
+        }
+        reads
+    }
+
+    fn objects(
+        &self,
+        keys: &BTreeSet<String>,
+    ) -> Result<Option<BTreeMap<String, ObjectInfo>>, Error> {
+        let listing = self.listing()?;
+        Ok(Some(
+            keys.iter()
+                .filter_map(|key| Some((key.clone(), listing.get(key)?.clone())))
+                .collect(),
+        ))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<PeObject>, Error> {
+        Ok(self
+            .listing()?
+            .range(prefix.to_string()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, object)| PeObject {
+                key: key.clone(),
+                size: object.size,
+                etag: Some(object.etag.clone()),
+            })
+            .collect())
+    }
+}
+
+/// aws-sdk-s3's HTTP connector over reqwest. Request bodies are in memory (the tool only
+/// lists and reads), responses are buffered up to [`MAX_RESPONSE_BYTES`].
+#[derive(Debug, Clone)]
+struct ReqwestConnector {
+    client: reqwest::Client,
+}
+
+impl HttpConnector for ReqwestConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let client = self.client.clone();
+        HttpConnectorFuture::new(async move {
+            let request = request
+                .try_into_http1x()
+                .map_err(|e| ConnectorError::user(e.into()))?;
+            let (parts, body) = request.into_parts();
+            let bytes = body
+                .bytes()
+                .ok_or_else(|| {
+                    ConnectorError::user("streaming request bodies are not supported".into())
+                })?
+                .to_vec();
+            let request = reqwest::Request::try_from(http::Request::from_parts(parts, bytes))
+                .map_err(|e| ConnectorError::user(e.into()))?;
+            let mut response = client.execute(request).await.map_err(classify)?;
+            let mut builder = http::Response::builder().status(response.status());
+            for (name, value) in response.headers() {
+                builder = builder.header(name, value);
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(classify)? {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_RESPONSE_BYTES {
+                    return Err(ConnectorError::other(
+                        format!("response larger than {MAX_RESPONSE_BYTES} bytes").into(),
+                        None,
+                    ));
+                }
+            }
+            let response = builder
+                .body(SdkBody::from(body))
+                .map_err(|e| ConnectorError::other(e.into(), None))?;
+            HttpResponse::try_from(response).map_err(|e| ConnectorError::other(e.into(), None))
+        })
+    }
+}
+
+fn classify(error: reqwest::Error) -> ConnectorError {
+    let text = tls::chain(&error);
+    if error.is_timeout() {
+        ConnectorError::timeout(text.into())
+    } else if error.is_connect() || error.is_request() || error.is_body() {
+        ConnectorError::io(text.into())
+    } else {
+        ConnectorError::other(text.into(), None)
+    }
+}

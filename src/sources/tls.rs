@@ -1,0 +1,154 @@
+//! TLS for the live sources: one rustls (ring) configuration per endpoint, verified by
+//! default against the system's CAs or a given bundle. `insecure` is an explicit choice
+//! (the old agent turned verification off everywhere) and is logged on every run.
+
+use crate::error::Error;
+use crate::policy::TlsSettings;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::Arc;
+
+/// The client configuration for one endpoint (`what` names it in messages).
+pub fn client_config(settings: &TlsSettings, what: &str) -> Result<ClientConfig, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Source(format!("{what}: TLS setup failed: {e}")))?;
+    if settings.insecure {
+        log::warn!(
+            "{what}: TLS verification is off (insecure: true); the server is not authenticated"
+        );
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification { provider }))
+            .with_no_client_auth());
+    }
+    let mut roots = RootCertStore::empty();
+    match &settings.ca_bundle {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    Error::Source(format!(
+                        "{what}: cannot read ca_bundle {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            if certs.is_empty() {
+                return Err(Error::Source(format!(
+                    "{what}: ca_bundle {} holds no certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    Error::Source(format!(
+                        "{what}: bad certificate in {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                log::debug!("{what}: system CA store: {error}");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                log::warn!("{what}: no CA certificates found in the system store; set ca_bundle");
+            }
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Accepts any server certificate (still checks handshake signatures are well formed).
+#[derive(Debug)]
+struct NoVerification {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A reqwest client over this TLS configuration.
+pub fn http_client(
+    settings: &TlsSettings,
+    what: &str,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(client_config(settings, what)?)
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .map_err(|e| {
+            Error::Source(format!(
+                "{what}: cannot build the HTTP client: {}",
+                chain(&e)
+            ))
+        })
+}
+
+/// An error with its causes, `a: b: c` (reqwest's top-level message hides the TLS reason).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
