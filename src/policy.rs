@@ -136,9 +136,8 @@ fn default_ims_timeout() -> f64 {
     10.0
 }
 
-/// How the tool authenticates to IMS.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+/// How the tool authenticates to IMS: `none`, `{token_file: PATH}` or `{spire: {..}}`.
+#[derive(Debug)]
 pub enum AuthSection {
     /// No `Authorization` header.
     None,
@@ -146,6 +145,44 @@ pub enum AuthSection {
     TokenFile(PathBuf),
     /// A JWT-SVID from the SPIRE agent (how the old agent authenticates).
     Spire(SpireSection),
+}
+
+/// The map form of `auth`; exactly one key is set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthMethod {
+    token_file: Option<PathBuf>,
+    spire: Option<SpireSection>,
+}
+
+impl<'de> Deserialize<'de> for AuthSection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, Error as _};
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = AuthSection;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`none`, `{token_file: PATH}` or `{spire: {..}}`")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<AuthSection, E> {
+                match value {
+                    "none" => Ok(AuthSection::None),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<AuthSection, A::Error> {
+                let method = AuthMethod::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                match (method.token_file, method.spire) {
+                    (Some(path), None) => Ok(AuthSection::TokenFile(path)),
+                    (None, Some(spire)) => Ok(AuthSection::Spire(spire)),
+                    _ => Err(A::Error::custom(
+                        "set exactly one of `token_file` or `spire`",
+                    )),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -929,6 +966,45 @@ catalogue:
             let err = Policy::from_yaml(&text, &host()).unwrap_err();
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn ims_auth_forms() {
+        let live = |auth: &str| {
+            MINIMAL.replace(
+                "    file: /tmp/images.json",
+                &format!("    url: https://api-gw-service-nmn.local/apis/ims/v3/images\n    auth: {auth}"),
+            )
+        };
+        let auth_of =
+            |text: &str| match Policy::from_yaml(text, &host()).map(|(p, _)| p.catalogue.ims) {
+                Ok(ImsSource::Http(http)) => Ok(http.auth),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            };
+        assert!(matches!(auth_of(&live("none")), Ok(ImsAuth::None)));
+        assert!(matches!(
+            auth_of(&live("{token_file: /run/t}")),
+            Ok(ImsAuth::TokenFile(_))
+        ));
+        match auth_of(&live("{spire: {audience: x}}")) {
+            Ok(ImsAuth::Spire(spire)) => {
+                assert_eq!(spire.audience, "x");
+                assert_eq!(spire.socket, Path::new("/var/lib/spire/agent.sock"));
+                assert_eq!(spire.spiffe_ids.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = auth_of(&live("{spire: {audiance: x}}")).unwrap_err();
+        assert!(err.contains("audiance") && err.contains("line"), "{err}");
+        assert!(auth_of(&live("{token_file: /a, spire: {}}")).is_err());
+        assert!(auth_of(&live("bearer")).is_err());
+        let err = auth_of(&MINIMAL.replace(
+            "    file: /tmp/images.json",
+            "    url: https://ims.local/apis/ims/v3/images",
+        ))
+        .unwrap_err();
+        assert!(err.contains("`auth` is required"), "{err}");
     }
 
     #[test]

@@ -2,5 +2,7 @@
 
 mod cli;
 mod golden;
+#[cfg(feature = "live")]
+mod live;
 mod plan;
 mod util;

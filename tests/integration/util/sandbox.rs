@@ -86,6 +86,15 @@ impl Sandbox {
     /// Writes the policy; `target_extra` lines go under `target:`.
     pub fn write_policy(&self, target_extra: &str, max_removals: usize) {
         let root = self.root().display();
+        let catalogue = format!(
+            "catalogue:\n  bucket: boot-images\n  mount: {root}/mount\n  ims:\n    file: {root}/images.json\n"
+        );
+        self.write_policy_with(target_extra, max_removals, &catalogue);
+    }
+
+    /// Writes the policy with a `catalogue:` section of the caller's.
+    pub fn write_policy_with(&self, target_extra: &str, max_removals: usize, catalogue: &str) {
+        let root = self.root().display();
         self.write(
             "policy.yaml",
             format!(
@@ -93,7 +102,7 @@ impl Sandbox {
                  lio:\n  saveconfig: {root}/etc/target/saveconfig.json\n  targetctl: {root}/bin/targetctl\n\
                  \x20 backup_dir: {root}/etc/target/backup\n  lock_file: {root}/run/sbps-reconcile.lock\n\
                  \x20 targetcli_lock: {root}/run/targetcli.lock\n\
-                 catalogue:\n  bucket: boot-images\n  mount: {root}/mount\n  ims:\n    file: {root}/images.json\n\
+                 {catalogue}\
                  safety:\n  max_removals: {max_removals}\n"
             ),
         );
@@ -160,6 +169,13 @@ impl Sandbox {
             .env_remove("SBPS_RECONCILE_POLICY")
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
             .arg("--policy")
             .arg(self.path("policy.yaml"));
         command

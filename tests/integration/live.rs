@@ -1,0 +1,604 @@
+//! Live sources against real servers on 127.0.0.1: an HTTP(S) server of the test's own for
+//! IMS, and the S3 server (moto) that tests/run.sh starts.
+
+use crate::util::http::{HttpServer, Reply, Request, ServerIdentity};
+use crate::util::s3::{S3Fixture, ACCESS_KEY};
+use crate::util::sandbox::{manifest, Sandbox};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const TOKEN: &str = "tok-3f9a1c-secret";
+const IMS_PATH: &str = "/apis/ims/v3/images";
+
+fn record(id: &str, name: &str, metadata: Option<Value>) -> Value {
+    let mut r = json!({"id": id, "name": name, "created": "2025-03-04T10:11:12", "arch": "x86_64",
+        "link": {"path": format!("s3://boot-images/{id}/manifest.json"), "etag": "", "type": "s3"}});
+    if let Some(m) = metadata {
+        r["metadata"] = m;
+    }
+    r
+}
+
+fn tagged() -> Option<Value> {
+    Some(json!({"sbps-project": "true"}))
+}
+
+/// An IMS server answering `records` (changeable between runs).
+fn ims_server(records: Arc<Mutex<Vec<Value>>>) -> HttpServer {
+    HttpServer::start(move |request: &Request| {
+        if request.target == IMS_PATH {
+            Reply::json(200, serde_json::to_vec(&*records.lock().unwrap()).unwrap())
+        } else {
+            Reply::json(404, "{}")
+        }
+    })
+}
+
+fn ims_catalogue(sandbox: &Sandbox, url: &str, extra_ims: &str) -> String {
+    let root = sandbox.root().display();
+    format!(
+        "catalogue:\n  bucket: boot-images\n  mount: {root}/mount\n  ims:\n    url: {url}\n    timeout: 2\n\
+         \x20   auth:\n      token_file: {root}/ims.token\n{extra_ims}"
+    )
+}
+
+fn assert_no_token(run: &crate::util::sandbox::Run) {
+    assert!(
+        !run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN),
+        "the token leaked\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn ims_over_http_sends_the_bearer_token_and_reads_records_leniently() {
+    let sandbox = Sandbox::new();
+    sandbox.write("ims.token", format!("{TOKEN}\n"));
+    for id in ["good", "legacy"] {
+        sandbox.write(
+            &format!("mount/{id}/manifest.json"),
+            manifest(&format!("s3://boot-images/{id}/rootfs"), Some("e1")),
+        );
+        sandbox.write(&format!("mount/{id}/rootfs"), format!("rootfs {id}\n"));
+    }
+    let mut link_null = record("link-null", "never-linked", tagged());
+    link_null["link"] = Value::Null;
+    let records = vec![
+        record("good", "good", tagged()),
+        record("untagged", "untagged", Some(json!({}))),
+        record("legacy", "legacy-without-metadata", None),
+        link_null,
+        json!(42),
+        json!({"id": "etag-empty", "name": "x", "metadata": {"sbps-project": "true"},
+               "link": {"path": "s3://boot-images/etag-empty/manifest.json", "etag": ""}, "new_field": [1]}),
+    ];
+    let server = ims_server(Arc::new(Mutex::new(records)));
+    sandbox.write_policy_with("", 10, &ims_catalogue(&sandbox, &server.url(IMS_PATH), ""));
+    let run = sandbox.run(&["--dry-run", "--output", "json"]).expect(0);
+    assert_no_token(&run);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].method, "GET");
+    assert_eq!(
+        requests[0].target, IMS_PATH,
+        "exactly GET <url>, no query string"
+    );
+    assert_eq!(
+        requests[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    let report = run.json();
+    let ids: Vec<&str> = report["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["image_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["good", "legacy"]);
+    let codes: BTreeMap<String, String> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["image_id"].as_str().unwrap_or("-").to_string(),
+                s["reason_code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes.get("untagged").map(String::as_str),
+        Some("not_tagged")
+    );
+    assert_eq!(codes.get("link-null").map(String::as_str), Some("no_link"));
+    assert_eq!(
+        codes.get("etag-empty").map(String::as_str),
+        Some("manifest_unreadable")
+    );
+    assert_eq!(codes.get("-").map(String::as_str), Some("record_invalid"));
+}
+
+#[test]
+fn ims_failures_fail_the_run_and_change_nothing() {
+    let cases: Vec<(Reply, &str)> = vec![
+        (
+            Reply::json(401, "{\"detail\": \"token expired\"}"),
+            "HTTP 401 Unauthorized (the credentials were refused)",
+        ),
+        (Reply::json(500, "internal error"), "HTTP 500"),
+        (Reply::json(200, "<html>gateway</html>"), "not JSON"),
+        (Reply::json(200, "{\"images\": []}"), "not a JSON array"),
+        (
+            Reply::json(200, "[]").after(Duration::from_secs(4)),
+            "did not answer within 2.0 s",
+        ),
+    ];
+    for (reply, needle) in cases {
+        let sandbox = Sandbox::new();
+        sandbox.write("ims.token", TOKEN);
+        let reply = Arc::new(Mutex::new(Some(reply)));
+        let server = HttpServer::start(move |_| {
+            reply
+                .lock()
+                .unwrap()
+                .take()
+                .unwrap_or_else(|| Reply::json(500, ""))
+        });
+        sandbox.write_policy_with("", 10, &ims_catalogue(&sandbox, &server.url(IMS_PATH), ""));
+        let run = sandbox.run(&["--output", "json"]).expect(1);
+        assert_no_token(&run);
+        let error = &run.json()["error"];
+        assert_eq!(error["kind"], json!("source"), "{}", run.describe());
+        assert!(
+            error["message"].as_str().unwrap().contains(needle),
+            "{needle}\n{}",
+            run.describe()
+        );
+        assert!(sandbox.calls().is_empty());
+        assert!(!sandbox.saveconfig().exists());
+    }
+}
+
+#[test]
+fn an_unreachable_ims_is_a_source_failure() {
+    let sandbox = Sandbox::new();
+    sandbox.write("ims.token", TOKEN);
+    let url = {
+        let server = HttpServer::start(|_| Reply::json(200, "[]"));
+        server.url(IMS_PATH)
+    }; // the server is gone: connection refused
+    sandbox.write_policy_with("", 10, &ims_catalogue(&sandbox, &url, ""));
+    let run = sandbox.run(&["--output", "json"]).expect(1);
+    assert!(
+        run.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot fetch IMS images"),
+        "{}",
+        run.describe()
+    );
+}
+
+fn spire_agent(sandbox: &Sandbox, output: &str, status: i32) {
+    sandbox.write("spire/output.json", output);
+    sandbox.write(
+        "spire/agent",
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/args\"\ncat \"$(dirname \"$0\")/output.json\"\n\
+             [ {status} -eq 0 ] || echo 'agent: could not fetch' >&2\nexit {status}\n"
+        ),
+    );
+    fs::set_permissions(
+        sandbox.path("spire/agent"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_spire_agent_provides_the_token() {
+    let sandbox = Sandbox::new();
+    let svids = json!([{"svids": [
+        {"spiffe_id": "spiffe://shasta/other/workload", "svid": "not-this-one"},
+        {"spiffe_id": "spiffe://shasta/ncn/workload/sbps-marshal", "svid": "jwt-from-spire"}]},
+        {"bundles": {"spiffe://shasta": "e30="}}]);
+    spire_agent(&sandbox, &svids.to_string(), 0);
+    let server = ims_server(Arc::new(Mutex::new(vec![])));
+    let root = sandbox.root().display();
+    let catalogue = format!(
+        "catalogue:\n  mount: {root}/mount\n  ims:\n    url: {}\n    auth:\n      spire:\n        agent: {root}/spire/agent\n\
+         \x20       socket: {root}/spire/agent.sock\n",
+        server.url(IMS_PATH)
+    );
+    sandbox.write_policy_with("", 10, &catalogue);
+    let run = sandbox.run(&["--dry-run"]).expect(0);
+    assert!(!run.stdout.contains("jwt-from-spire") && !run.stderr.contains("jwt-from-spire"));
+    assert_eq!(
+        server.requests()[0].header("authorization"),
+        Some("Bearer jwt-from-spire")
+    );
+    let args = sandbox.read("spire/args").unwrap();
+    let expected = format!("api\nfetch\njwt\n-audience\nsystem-compute\n-socketPath\n{root}/spire/agent.sock\n-output\njson\n");
+    assert_eq!(args, expected);
+
+    // No accepted SPIFFE ID offered: a source failure that names what was offered.
+    spire_agent(
+        &sandbox,
+        &json!([{"svids": [{"spiffe_id": "spiffe://shasta/x", "svid": "secret-x"}]}]).to_string(),
+        0,
+    );
+    let run = sandbox.run(&["--dry-run", "--output", "json"]).expect(1);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("spiffe://shasta/x") && !message.contains("secret-x"),
+        "{message}"
+    );
+    // The agent fails.
+    spire_agent(&sandbox, "", 3);
+    let run = sandbox.run(&["--dry-run", "--output", "json"]).expect(1);
+    assert!(
+        run.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not fetch"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn ims_over_https_is_verified() {
+    let identity = ServerIdentity::new();
+    let server = HttpServer::start_tls(&identity, |_| Reply::json(200, "[]"));
+    let sandbox = Sandbox::new();
+    sandbox.write("ims.token", TOKEN);
+    sandbox.write("ca.pem", &identity.ca_pem);
+    let url = server.url(IMS_PATH);
+    assert!(url.starts_with("https://127.0.0.1:"));
+    let root = sandbox.root().display();
+
+    sandbox.write_policy_with(
+        "",
+        10,
+        &ims_catalogue(&sandbox, &url, &format!("    ca_bundle: {root}/ca.pem\n")),
+    );
+    let run = sandbox.run(&["--dry-run"]).expect(0);
+    assert!(!run.stderr.contains("TLS verification is off"));
+
+    sandbox.write_policy_with("", 10, &ims_catalogue(&sandbox, &url, ""));
+    let run = sandbox.run(&["--dry-run", "--output", "json"]).expect(1);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("certificate") || message.contains("UnknownIssuer"),
+        "{message}"
+    );
+    assert_no_token(&run);
+
+    sandbox.write_policy_with(
+        "",
+        10,
+        &ims_catalogue(&sandbox, &url, "    insecure: true\n"),
+    );
+    let run = sandbox.run(&["--dry-run"]).expect(0);
+    assert!(
+        run.stderr.contains("warning: IMS: TLS verification is off"),
+        "{}",
+        run.stderr
+    );
+    // The token went only to servers that completed TLS: all three requests reached it.
+    assert!(server
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization") == Some(&format!("Bearer {TOKEN}"))));
+}
+
+#[test]
+fn plain_http_to_another_host_is_refused_for_a_bearer_token() {
+    let sandbox = Sandbox::new();
+    sandbox.write_policy_with(
+        "",
+        10,
+        &ims_catalogue(&sandbox, "http://ims.example:8080/apis/ims/v3/images", ""),
+    );
+    let run = sandbox.run(&["--dry-run"]).expect(78);
+    assert!(run.stderr.contains("unencrypted"), "{}", run.stderr);
+    sandbox.write_policy_with(
+        "",
+        10,
+        &ims_catalogue(&sandbox, "https://ims/apis/ims/v3/images?limit=5", ""),
+    );
+    sandbox.run(&["--dry-run"]).expect(78);
+}
+
+/// A live catalogue: IMS served by a test server, objects in S3, the mount mirroring S3.
+struct Live {
+    sandbox: Sandbox,
+    s3: S3Fixture,
+    ims: HttpServer,
+    records: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Live {
+    fn new(page_size: u32) -> Option<Live> {
+        let sandbox = Sandbox::new();
+        let s3 = S3Fixture::new(&sandbox.path("s3.creds"))?;
+        sandbox.write("ims.token", TOKEN);
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let ims = ims_server(records.clone());
+        let root = sandbox.root().display();
+        let catalogue = format!(
+            "catalogue:\n  bucket: {bucket}\n  mount: {root}/mount\n  ims:\n    url: {url}\n    auth:\n      token_file: {root}/ims.token\n\
+             \x20 s3:\n    endpoint: {endpoint}\n    credentials_file: {root}/s3.creds\n    page_size: {page_size}\n    concurrency: 3\n",
+            bucket = s3.bucket,
+            url = ims.url(IMS_PATH),
+            endpoint = s3.proxy.url(),
+        );
+        sandbox.write_policy_with("", 10, &catalogue);
+        Some(Live {
+            sandbox,
+            s3,
+            ims,
+            records,
+        })
+    }
+
+    /// Uploads a rootfs and its manifest, mirrors the file into the mount, and lists the image
+    /// in IMS (tagged). Returns the rootfs ETag.
+    fn image(&self, id: &str, content: &[u8]) -> String {
+        let bucket = &self.s3.bucket;
+        let etag = if content.len() > 5 * 1024 * 1024 {
+            self.s3.put_multipart(&format!("{id}/rootfs"), content)
+        } else {
+            self.s3.put(&format!("{id}/rootfs"), content)
+        };
+        self.s3.put(
+            &format!("{id}/manifest.json"),
+            manifest(&format!("s3://{bucket}/{id}/rootfs"), Some(&etag)).as_bytes(),
+        );
+        self.sandbox.write(&format!("mount/{id}/rootfs"), content);
+        self.list(id, tagged());
+        etag
+    }
+
+    fn list(&self, id: &str, metadata: Option<Value>) {
+        let mut records = self.records.lock().unwrap();
+        records.retain(|r| r["id"] != json!(id));
+        let mut r = record(id, &format!("image-{id}"), metadata);
+        r["link"]["path"] = json!(format!("s3://{}/{id}/manifest.json", self.s3.bucket));
+        records.push(r);
+    }
+
+    fn pe(&self, key: &str, content: &[u8]) {
+        self.s3.put(key, content);
+        self.sandbox.write(&format!("mount/{key}"), content);
+    }
+}
+
+fn codes(report: &Value) -> BTreeMap<String, String> {
+    report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["image_id"]
+                    .as_str()
+                    .or(s["image_name"].as_str())
+                    .unwrap()
+                    .to_string(),
+                s["reason_code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn s3_listing_pages_etags_and_the_mount_decide_what_is_projected() {
+    let Some(live) = Live::new(5) else { return };
+    let bucket = live.s3.bucket.clone();
+    live.image("good", b"rootfs good\n");
+    let big: Vec<u8> = (0..(5 * 1024 * 1024 + 4096))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let multipart_etag = live.image("multi", &big);
+    assert!(multipart_etag.ends_with("-2"), "{multipart_etag}");
+    // The manifest says another etag than S3 has.
+    live.image("mismatch", b"rootfs mismatch\n");
+    live.s3.put(
+        "mismatch/manifest.json",
+        manifest(&format!("s3://{bucket}/mismatch/rootfs"), Some("0123abcd")).as_bytes(),
+    );
+    // The manifest names an object S3 does not have.
+    live.image("gone", b"rootfs gone\n");
+    live.s3.delete("gone/rootfs");
+    // The mount holds a stale copy of another size.
+    live.image("stale", b"rootfs stale\n");
+    live.sandbox.write("mount/stale/rootfs", "old\n");
+    // Not synced into the mount yet.
+    live.image("unsynced", b"rootfs unsynced\n");
+    fs::remove_file(live.sandbox.path("mount/unsynced/rootfs")).unwrap();
+    // Soft-deleted by IMS: the manifest now lives under deleted/.
+    live.s3.put(
+        "deleted/soft/manifest.json",
+        manifest(&format!("s3://{bucket}/soft/rootfs"), Some("x")).as_bytes(),
+    );
+    let mut soft = record("soft", "soft-deleted", tagged());
+    soft["link"]["path"] = json!(format!("s3://{bucket}/deleted/soft/manifest.json"));
+    live.records.lock().unwrap().push(soft);
+    // A manifest that is not JSON.
+    live.list("garbled", tagged());
+    live.s3
+        .put("garbled/manifest.json", b"<Error>AccessDenied</Error>");
+    // PE: good, missing from the mount, a folder marker, an empty object.
+    live.pe("PE/CPE-base.x86_64-24.11.squashfs", b"pe base\n");
+    live.s3.put("PE/CPE-missing.squashfs", b"pe missing\n");
+    live.s3.put("PE/", b"");
+    live.s3.put("PE/empty.squashfs", b"");
+    // Enough other objects to need several listing pages.
+    for i in 0..12 {
+        live.s3.put(&format!("other/{i:02}"), b"x");
+    }
+    live.s3.proxy.clear();
+
+    let run = live
+        .sandbox
+        .run(&["--dry-run", "--output", "json"])
+        .expect(0);
+    let report = run.json();
+    assert_eq!(report["mode"], json!("live"));
+    assert_eq!(report["etag_verified"], json!(true));
+    assert_eq!(report["notes"], json!([]));
+    let codes = codes(&report);
+    let want = [
+        ("mismatch", "etag_mismatch"),
+        ("gone", "s3_object_missing"),
+        ("stale", "size_mismatch"),
+        ("unsynced", "not_in_mount"),
+        ("soft", "manifest_unreadable"),
+        ("garbled", "manifest_invalid"),
+        ("PE/CPE-missing.squashfs", "not_in_mount"),
+    ];
+    for (id, code) in want {
+        assert_eq!(
+            codes.get(id).map(String::as_str),
+            Some(code),
+            "{id}\n{}",
+            run.describe()
+        );
+    }
+    assert_eq!(codes.len(), want.len(), "{codes:?}");
+    let projections = report["projections"].as_array().unwrap();
+    let by_source: BTreeMap<&str, &Value> = projections
+        .iter()
+        .map(|p| (p["source"].as_str().unwrap(), p))
+        .collect();
+    assert_eq!(by_source.len(), 3, "{by_source:?}");
+    let multi = by_source[format!("s3://{bucket}/multi/rootfs").as_str()];
+    assert_eq!(multi["etag"], json!(multipart_etag));
+    assert_eq!(multi["size"], json!(big.len()));
+    let pe = by_source[format!("s3://{bucket}/PE/CPE-base.x86_64-24.11.squashfs").as_str()];
+    assert!(pe["etag"].as_str().unwrap().len() >= 32);
+
+    let requests = live.s3.proxy.requests();
+    // 8 manifests + 2 rootfs + 2 PE + 2 empty + 12 others = 26 objects (deleted/ aside): 6 pages of 5.
+    let pages = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.target.contains("list-type=2"))
+        .count();
+    assert_eq!(pages, 6, "{requests:#?}");
+    let gets: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.method == "GET" && !r.target.contains("list-type=2"))
+        .map(|r| r.target.split('?').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        gets.len(),
+        7,
+        "one GET per listed manifest, none for the deleted one: {gets:?}"
+    );
+    assert!(
+        gets.iter().all(|t| t.ends_with("/manifest.json")),
+        "{gets:?}"
+    );
+    for request in &requests {
+        let auth = request.header("authorization").unwrap_or_default();
+        assert!(
+            auth.contains(&format!("Credential={ACCESS_KEY}/")),
+            "{auth}"
+        );
+    }
+}
+
+#[test]
+fn live_end_to_end_apply_noop_untag_and_new_etag() {
+    let Some(live) = Live::new(1000) else { return };
+    live.image("a", b"rootfs a\n");
+    live.image("b", b"rootfs b\n");
+    live.pe("PE/x.squashfs", b"pe x\n");
+    let sandbox = &live.sandbox;
+
+    let report = sandbox
+        .run(&["--dry-run", "--detailed-exitcode", "--output", "json"])
+        .expect(2)
+        .json();
+    assert_eq!(report["summary"]["add"], json!(3));
+    assert!(sandbox.calls().is_empty());
+
+    let first = sandbox.run(&["--output", "json"]).expect(0).json();
+    assert_eq!(first["applied"], json!(true));
+    assert_eq!(sandbox.calls().len(), 2);
+    let lun = |report: &Value, source_end: &str, action: &str| {
+        report["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                p["source"].as_str().unwrap().ends_with(source_end) && p["action"] == json!(action)
+            })
+            .map(|p| {
+                (
+                    p["lun"].as_u64().unwrap(),
+                    p["name"].as_str().unwrap().to_string(),
+                )
+            })
+    };
+
+    // Nothing changed: no targetctl call at all.
+    let report = sandbox
+        .run(&["--output", "json", "--detailed-exitcode"])
+        .expect(0)
+        .json();
+    assert_eq!(report["changed"], json!(false));
+    assert_eq!(sandbox.calls().len(), 2);
+
+    // Image a is untagged: its LUN goes, the others keep theirs.
+    live.list("a", Some(json!({"sbps-project": "false"})));
+    let report = sandbox.run(&["--output", "json"]).expect(0).json();
+    assert_eq!(report["summary"]["remove"], json!(1));
+    assert_eq!(
+        lun(&report, "/a/rootfs", "remove").map(|l| l.0),
+        lun(&first, "/a/rootfs", "add").map(|l| l.0)
+    );
+    assert_eq!(
+        lun(&report, "/b/rootfs", "keep"),
+        lun(&first, "/b/rootfs", "add")
+    );
+
+    // Image b gets a new rootfs (new etag): a new identity at a fresh index, the old one removed.
+    let new_etag = live.image("b", b"rootfs b, rebuilt\n");
+    let report = sandbox.run(&["--output", "json"]).expect(0).json();
+    let (old_lun, old_name) = lun(&first, "/b/rootfs", "add").unwrap();
+    assert_eq!(
+        lun(&report, "/b/rootfs", "remove"),
+        Some((old_lun, old_name.clone()))
+    );
+    let (new_lun, new_name) = lun(&report, "/b/rootfs", "add").unwrap();
+    assert_ne!(new_name, old_name);
+    assert_eq!(new_lun, 3, "above every index in use (0, 1, 2)");
+    let added = report["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["action"] == json!("add"))
+        .unwrap();
+    assert_eq!(added["etag"], json!(new_etag));
+    assert_eq!(
+        lun(&report, "/PE/x.squashfs", "keep"),
+        lun(&first, "/PE/x.squashfs", "add")
+    );
+    // The running configuration (the stand-in's) holds exactly PE x and the new b.
+    let kernel = sandbox.kernel().unwrap();
+    let names: Vec<&str> = kernel["storage_objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&new_name.as_str()));
+    assert_eq!(live.ims.requests().len(), 5, "one IMS GET per run");
+}

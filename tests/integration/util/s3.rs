@@ -1,0 +1,180 @@
+//! A bucket of its own on the real S3 server (moto) that `tests/run.sh` starts, reached
+//! through a recording proxy, filled with the tool's own S3 client.
+
+use super::http::RecordingProxy;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use sbps_reconcile::policy::{S3Settings, TlsSettings};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub const ACCESS_KEY: &str = "AKIDSBPSTEST";
+pub const SECRET_KEY: &str = "sbps-test-secret";
+
+/// The S3 server's address from `SBPS_TEST_S3_ENDPOINT`. Without it a test is skipped
+/// with a message, except under CI, where that is a failure.
+pub fn server() -> Option<SocketAddr> {
+    match std::env::var("SBPS_TEST_S3_ENDPOINT") {
+        Ok(url) => {
+            let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+            Some(
+                hostport
+                    .parse()
+                    .unwrap_or_else(|e| panic!("SBPS_TEST_S3_ENDPOINT {url:?}: {e}")),
+            )
+        }
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("SBPS_TEST_S3_ENDPOINT is not set: run the suite with tests/run.sh")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: no S3 server (SBPS_TEST_S3_ENDPOINT unset); run tests/run.sh");
+            None
+        }
+    }
+}
+
+pub struct S3Fixture {
+    pub proxy: RecordingProxy,
+    pub bucket: String,
+    client: aws_sdk_s3::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl S3Fixture {
+    /// A new bucket; credentials written to `credentials_file`.
+    pub fn new(credentials_file: &Path) -> Option<S3Fixture> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let server = server()?;
+        std::fs::write(credentials_file, format!("{ACCESS_KEY}:{SECRET_KEY}\n")).unwrap();
+        let proxy = RecordingProxy::start(server);
+        let bucket = format!(
+            "bi-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let settings = S3Settings {
+            endpoint: proxy.url(),
+            region: "us-east-1".into(),
+            credentials_file: credentials_file.to_owned(),
+            tls: TlsSettings::default(),
+            timeout: Duration::from_secs(60),
+            page_size: 1000,
+            concurrency: 4,
+        };
+        let client = sbps_reconcile::sources::s3::client(&settings).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(client.create_bucket().bucket(&bucket).send())
+            .unwrap_or_else(|e| {
+                panic!(
+                    "create bucket: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )
+            });
+        proxy.clear();
+        Some(S3Fixture {
+            proxy,
+            bucket,
+            client,
+            runtime,
+        })
+    }
+
+    pub fn put(&self, key: &str, bytes: &[u8]) -> String {
+        let answer = self
+            .runtime
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .body(ByteStream::from(bytes.to_vec()))
+                    .send(),
+            )
+            .unwrap_or_else(|e| {
+                panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))
+            });
+        answer
+            .e_tag()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string()
+    }
+
+    /// A multipart upload (parts of 5 MiB, S3's minimum), whose ETag ends in `-N`.
+    pub fn put_multipart(&self, key: &str, bytes: &[u8]) -> String {
+        const PART: usize = 5 * 1024 * 1024;
+        self.runtime.block_on(async {
+            let upload = self
+                .client
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            let id = upload.upload_id().unwrap().to_string();
+            let mut parts = Vec::new();
+            for (i, chunk) in bytes.chunks(PART).enumerate() {
+                let number = i32::try_from(i + 1).unwrap();
+                let part = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&id)
+                    .part_number(number)
+                    .body(ByteStream::from(chunk.to_vec()))
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "part {number}: {}",
+                            aws_sdk_s3::error::DisplayErrorContext(&e)
+                        )
+                    });
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .e_tag(part.e_tag().unwrap())
+                        .build(),
+                );
+            }
+            let done = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            done.e_tag()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string()
+        })
+    }
+
+    pub fn delete(&self, key: &str) {
+        self.runtime
+            .block_on(
+                self.client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send(),
+            )
+            .unwrap();
+    }
+}
