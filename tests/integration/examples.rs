@@ -5,7 +5,9 @@ use std::path::Path;
 
 fn load(rel: &str) -> Policy {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
-    Policy::load(&path, &HostFacts::from_hostname("ncn-w001")).unwrap_or_else(|e| panic!("{rel}: {e}")).0
+    Policy::load(&path, &HostFacts::from_hostname("ncn-w001"))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+        .0
 }
 
 #[test]
@@ -16,7 +18,10 @@ fn the_live_example_policy_loads() {
         ImsSource::Http(http) => assert!(matches!(http.auth, ImsAuth::Spire(_))),
         other => panic!("{other:?}"),
     }
-    assert_eq!(policy.catalogue.s3.as_ref().unwrap().endpoint, "https://rgw-vip.nmn");
+    assert_eq!(
+        policy.catalogue.s3.as_ref().unwrap().endpoint,
+        "https://rgw-vip.nmn"
+    );
 }
 
 #[test]
