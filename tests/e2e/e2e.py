@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Helpers that run inside the e2e guest (Python 3, standard library only).
+
+  e2e.py catalogue init MOUNT IMS_JSON     an offline catalogue: images with random content,
+                                           PE files, one manifest without an etag
+  e2e.py catalogue change MOUNT IMS_JSON   one image added, one removed, one with a new etag
+  e2e.py check REPORT_JSON                 every projection in the report, seen by the initiator
+  e2e.py reader DEVICE SECONDS OUT         direct-I/O reads of DEVICE every 50 ms, logged to OUT
+  e2e.py gap OUT                           the longest time without a successful read
+  e2e.py expect REPORT_JSON EXPR...        each Python expression (r = the report) holds
+  e2e.py kept REPORT1 REPORT2              projections kept in run 2 have run 1's LUN and identity
+  e2e.py luns REPORT_JSON                  the LUN numbers the report leaves in place
+"""
+import hashlib
+import json
+import mmap
+import os
+import subprocess
+import sys
+import time
+
+BUCKET = "boot-images"
+ROOTFS = "application/vnd.cray.image.rootfs.squashfs"
+MIB = 1024 * 1024
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def manifest(image_id, etag):
+    link = {"path": f"s3://{BUCKET}/{image_id}/rootfs", "type": "s3"}
+    if etag is not None:
+        link["etag"] = etag
+    return json.dumps({"version": "1.0", "created": "2025-03-04 10:11:12",
+                       "artifacts": [{"type": ROOTFS, "md5": "", "link": link}]}).encode()
+
+
+def add_image(mount, images, image_id, size, etag):
+    write(f"{mount}/{image_id}/rootfs", os.urandom(size))
+    write(f"{mount}/{image_id}/manifest.json", manifest(image_id, etag))
+    images[:] = [r for r in images if r["id"] != image_id]
+    images.append({"id": image_id, "name": f"e2e-{image_id}", "created": "2025-03-04T10:11:12",
+                   "metadata": {"sbps-project": "true"},
+                   "link": {"path": f"s3://{BUCKET}/{image_id}/manifest.json", "etag": "", "type": "s3"}})
+
+
+def catalogue(action, mount, ims):
+    if action == "init":
+        images = []
+        add_image(mount, images, "img-a", 3 * MIB, "aaaa0001-3")
+        add_image(mount, images, "img-b", 2 * MIB, "bbbb0001")
+        add_image(mount, images, "img-c", 1 * MIB, "cccc0001-2")
+        # The input that crashed the old agent: a manifest without an etag.
+        add_image(mount, images, "img-broken", MIB, None)
+        write(f"{mount}/PE/CPE-base.x86_64-24.11.squashfs", os.urandom(2 * MIB))
+        write(f"{mount}/PE/CPE-extra.x86_64-24.11.squashfs", os.urandom(MIB))
+    else:
+        with open(ims) as f:
+            images = json.load(f)
+        add_image(mount, images, "img-d", 2 * MIB, "dddd0001")          # added
+        images[:] = [r for r in images if r["id"] != "img-c"]          # removed
+        add_image(mount, images, "img-b", 3 * MIB, "bbbb0002-4")       # new etag, new content
+    with open(ims, "w") as f:
+        json.dump(images, f, indent=2)
+
+
+def sysfs(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def devices_by_lun():
+    found = {}
+    for name in sorted(os.listdir("/sys/block")):
+        if not name.startswith("sd"):
+            continue
+        hctl = os.path.basename(os.path.realpath(f"/sys/block/{name}/device"))
+        found[int(hctl.rsplit(":", 1)[1])] = name
+    return found
+
+
+def sha256(path, size):
+    digest = hashlib.sha256()
+    flags = os.O_RDONLY | getattr(os, "O_DIRECT", 0)
+    fd = os.open(path, flags)
+    try:
+        buf = mmap.mmap(-1, MIB)  # page-aligned, as O_DIRECT needs
+        left = size
+        while left > 0:
+            n = os.readv(fd, [buf])
+            if n <= 0:
+                break
+            take = min(n, left)
+            digest.update(buf[:take])
+            left -= take
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def check(report_path):
+    with open(report_path) as f:
+        report = json.load(f)
+    luns = devices_by_lun()
+    bad = 0
+
+    def result(ok, what):
+        nonlocal bad
+        bad += not ok
+        print(f"  {'ok  ' if ok else 'FAIL'} {what}")
+
+    for p in report["projections"]:
+        if p["action"] == "remove":
+            continue
+        lun, name, wwn = p["lun"], p["name"], p["wwn"]
+        dev = luns.get(lun)
+        result(dev is not None, f"LUN {lun} ({p['source']}) is a disk on the initiator: /dev/{dev}")
+        if dev is None:
+            continue
+        serial = sysfs(f"/sys/block/{dev}/device/vpd_pg80")[4:].rstrip(b"\0").decode()
+        result(serial == wwn, f"LUN {lun} VPD 0x80 unit serial {serial!r} == wwn {wwn!r}")
+        model = sysfs(f"/sys/block/{dev}/device/model").decode().strip()
+        result(model == name, f"LUN {lun} INQUIRY product ID {model!r} == name {name!r}")
+        wwid = subprocess.run(["/lib/udev/scsi_id", "--whitelisted", f"--device=/dev/{dev}"],
+                              capture_output=True, text=True).stdout.strip()
+        want = "36001405" + wwn[:25]
+        result(wwid == want, f"LUN {lun} udev WWID {wwid!r} == {want!r}")
+        link = f"/dev/disk/by-id/wwn-0x6001405{wwn[:25]}"
+        result(os.path.exists(link), f"LUN {lun} {link} exists")
+        ro = sysfs(f"/sys/block/{dev}/ro").decode().strip()
+        result(ro == "1", f"LUN {lun} is read-only (ro={ro})")
+        size = p["size"]
+        disk = sha256(f"/dev/{dev}", size)
+        with open(p["dev"], "rb") as f:
+            file = hashlib.sha256(f.read()).hexdigest()
+        result(disk == file, f"LUN {lun} content sha256 {disk[:16]}.. == file {file[:16]}.. ({size} bytes)")
+    return 1 if bad else 0
+
+
+def reader(device, seconds, out):
+    end = time.monotonic() + float(seconds)
+    buf = mmap.mmap(-1, 4096)
+    with open(out, "w") as log:
+        while time.monotonic() < end:
+            start = time.monotonic()
+            ok = True
+            try:
+                fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
+                try:
+                    os.readv(fd, [buf])
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                ok = False
+                log.write(f"# {e}\n")
+            done = time.monotonic()
+            log.write(f"{start:.3f} {done:.3f} {'ok' if ok else 'err'}\n")
+            log.flush()
+            time.sleep(0.05)
+
+
+def gap(out):
+    last_ok, worst = None, 0.0
+    errors = 0
+    with open(out) as f:
+        for line in f:
+            if line.startswith("#"):
+                continue
+            start, done, status = line.split()
+            if status == "ok":
+                if last_ok is not None:
+                    worst = max(worst, float(done) - last_ok)
+                last_ok = float(done)
+            else:
+                errors += 1
+    print(f"{worst:.2f} {errors}")
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def expect(report_path, expressions):
+    r = load(report_path)
+    skipped = {s["image_id"] or s["image_name"]: s["reason_code"] for s in r["skipped"]}
+    actions = {}
+    for p in r["projections"]:
+        actions.setdefault(p["action"], []).append(p["image_id"] or p["image_name"])
+    bad = 0
+    for expression in expressions:
+        try:
+            ok = bool(eval(expression, {"r": r, "skipped": skipped, "actions": actions}))
+        except Exception as e:  # a broken expression is a failed check
+            ok = False
+            expression += f"  ({e})"
+        bad += not ok
+        print(f"  {'ok  ' if ok else 'FAIL'} {expression}")
+    return 1 if bad else 0
+
+
+def kept(first_path, second_path):
+    first = {p["name"]: p for p in load(first_path)["projections"]}
+    bad = 0
+    kept = [p for p in load(second_path)["projections"] if p["action"] == "keep"]
+    for p in kept:
+        before = first.get(p["name"])
+        ok = before is not None and (before["lun"], before["wwn"]) == (p["lun"], p["wwn"])
+        bad += not ok
+        print(f"  {'ok  ' if ok else 'FAIL'} kept {p['source']}: LUN {p['lun']} wwn {p['wwn']} as in run 1")
+    if not kept:
+        print("  FAIL nothing was kept")
+        bad += 1
+    return 1 if bad else 0
+
+
+def luns(report_path):
+    print(" ".join(str(p["lun"]) for p in sorted(load(report_path)["projections"], key=lambda p: p["lun"])
+                   if p["action"] != "remove"))
+
+
+def main():
+    args = sys.argv[1:]
+    if args[:1] == ["catalogue"]:
+        catalogue(args[1], args[2], args[3])
+    elif args[:1] == ["check"]:
+        return check(args[1])
+    elif args[:1] == ["reader"]:
+        reader(args[1], args[2], args[3])
+    elif args[:1] == ["gap"]:
+        gap(args[1])
+    elif args[:1] == ["expect"]:
+        return expect(args[1], args[2:])
+    elif args[:1] == ["kept"]:
+        return kept(args[1], args[2])
+    elif args[:1] == ["luns"]:
+        luns(args[1])
+    else:
+        print(__doc__)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
