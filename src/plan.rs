@@ -11,7 +11,7 @@ use crate::lio::{fileio_name, lun_index, storage_object_path, SaveConfig};
 use crate::policy::{Catalogue, Policy, Portal};
 use crate::s3path;
 use crate::skip::{ReasonCode, SkipReason};
-use crate::snapshot::{ManifestRead, MountEntry, Snapshot};
+use crate::snapshot::{ManifestRead, MountEntry, PeObject, Snapshot};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -114,14 +114,16 @@ impl Plan {
 
 /// A projection the catalogue asks for, before LUN allocation.
 #[derive(Debug, Clone)]
-struct Candidate {
-    kind: Kind,
-    images: Vec<ImageRef>,
-    source: String,
-    etag: Option<String>,
-    identity: Identity,
-    dev: String,
-    size: u64,
+pub struct Candidate {
+    pub kind: Kind,
+    pub images: Vec<ImageRef>,
+    pub source: String,
+    pub etag: Option<String>,
+    pub identity: Identity,
+    pub dev: String,
+    pub size: u64,
+    /// The object key in the bucket (and under the mount).
+    pub key: String,
 }
 
 /// Computes the plan. Pure: the same inputs always give the same plan.
@@ -129,30 +131,23 @@ pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig) -> Plan 
     let catalogue = &policy.catalogue;
     let mut skipped = Vec::new();
     let mut candidates = Candidates::default();
-    let mut images_by_key: BTreeMap<String, ImageRef> = BTreeMap::new();
-
+    // One trace reused for every image: the planner keeps only the verdicts.
+    let mut trace = Trace::default();
     for entry in &snapshot.images {
-        match rootfs_candidate(catalogue, snapshot, entry, &mut images_by_key) {
+        trace.0.clear();
+        match rootfs_candidate(catalogue, snapshot, entry, &mut trace) {
             Ok(candidate) => candidates.add(candidate, &mut skipped),
             Err(skip) => skipped.push(*skip),
         }
     }
-    for object in &snapshot.pe_objects {
-        // A folder marker or any empty object is not an image.
-        if object.key.ends_with('/') || object.size == 0 {
-            continue;
-        }
-        match pe_candidate(
-            catalogue,
-            snapshot,
-            &object.key,
-            object.size,
-            object.etag.as_deref(),
-        ) {
+    for object in snapshot.pe_objects.iter().filter(|o| is_pe_image(o)) {
+        trace.0.clear();
+        match pe_candidate(catalogue, snapshot, object, &mut trace) {
             Ok(candidate) => candidates.add(candidate, &mut skipped),
             Err(skip) => skipped.push(*skip),
         }
     }
+    let images_by_key = images_by_rootfs_key(catalogue, snapshot);
 
     let state = CurrentState::read(current, policy);
 
@@ -245,177 +240,269 @@ impl ImageRef {
     }
 }
 
-fn skip(
-    kind: Kind,
-    image: ImageRef,
-    source: Option<String>,
-    code: ReasonCode,
-    detail: String,
-) -> Box<Skipped> {
-    Box::new(Skipped {
-        kind,
-        image,
-        source,
-        reason: SkipReason::new(code, detail),
-    })
+/// One rule of the projection rules, as applied to one image (for `explain`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub rule: &'static str,
+    pub outcome: Outcome,
+    pub detail: String,
 }
 
-/// Rules 1 to 4 for a rootfs image from IMS.
-fn rootfs_candidate(
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    /// The rule cannot be checked with this source (the S3 ETag, offline).
+    NotChecked,
+}
+
+/// The rules an image went through, in order; the planner keeps only the verdict.
+#[derive(Debug, Default)]
+pub struct Trace(pub Vec<Step>);
+
+impl Trace {
+    fn pass(&mut self, rule: &'static str, detail: impl Into<String>) {
+        self.push(rule, Outcome::Pass, detail.into());
+    }
+
+    fn push(&mut self, rule: &'static str, outcome: Outcome, detail: String) {
+        self.0.push(Step {
+            rule,
+            outcome,
+            detail,
+        });
+    }
+
+    /// Records the failing rule and returns the skip.
+    fn fail(
+        &mut self,
+        rule: &'static str,
+        kind: Kind,
+        image: &ImageRef,
+        source: Option<String>,
+        reason: SkipReason,
+    ) -> Box<Skipped> {
+        self.push(rule, Outcome::Fail, reason.to_string());
+        Box::new(Skipped {
+            kind,
+            image: image.clone(),
+            source,
+            reason,
+        })
+    }
+}
+
+pub const RULE_RECORD: &str = "IMS record";
+pub const RULE_TAG: &str = "tag filter";
+pub const RULE_LINK: &str = "link";
+pub const RULE_MANIFEST: &str = "manifest";
+pub const RULE_KEY: &str = "object key";
+pub const RULE_S3: &str = "S3 object";
+pub const RULE_MOUNT: &str = "mount file";
+
+/// Rules 1 to 4 for a rootfs image from IMS (domain notes, section 4).
+pub fn rootfs_candidate(
     catalogue: &Catalogue,
     snapshot: &Snapshot,
     entry: &ImageEntry,
-    images_by_key: &mut BTreeMap<String, ImageRef>,
+    trace: &mut Trace,
 ) -> Result<Candidate, Box<Skipped>> {
+    let kind = Kind::Rootfs;
     let record = match entry {
         ImageEntry::Valid(record) => record,
         ImageEntry::Invalid { id, name, problem } => {
-            return Err(skip(
-                Kind::Rootfs,
-                ImageRef {
-                    id: id.clone(),
-                    name: name.clone(),
-                },
-                None,
-                ReasonCode::RecordInvalid,
-                problem.clone(),
-            ))
+            let image = ImageRef {
+                id: id.clone(),
+                name: name.clone(),
+            };
+            let reason = SkipReason::new(ReasonCode::RecordInvalid, problem.clone());
+            return Err(trace.fail(RULE_RECORD, kind, &image, None, reason));
         }
     };
     let image = ImageRef {
         id: Some(record.id.clone()),
         name: Some(record.name.clone()),
     };
-    let fail = |source: Option<String>, code, detail: String| {
-        Err(skip(Kind::Rootfs, image.clone(), source, code, detail))
-    };
-    // Rule 1: tag filter, then a link.
+    // Rule 1: the tag filter, then a link.
     if let Err(why) = catalogue.select.check(record) {
-        return fail(record.link_path.clone(), ReasonCode::NotTagged, why);
+        let reason = SkipReason::new(ReasonCode::NotTagged, why);
+        return Err(trace.fail(RULE_TAG, kind, &image, record.link_path.clone(), reason));
     }
+    trace.pass(RULE_TAG, "passes catalogue.ims.select");
     let Some(link) = record.link_path.as_deref() else {
-        return fail(
-            None,
-            ReasonCode::NoLink,
-            "the IMS record has no link.path".to_string(),
-        );
+        let reason = SkipReason::new(ReasonCode::NoLink, "the IMS record has no link.path");
+        return Err(trace.fail(RULE_LINK, kind, &image, None, reason));
     };
     let manifest_key = match s3path::key_in_bucket(link, &catalogue.bucket) {
         Ok(key) => key,
         Err(e) => {
-            return fail(
-                Some(link.to_string()),
-                ReasonCode::InvalidKey,
-                format!("manifest {e}"),
-            )
+            let reason = SkipReason::new(ReasonCode::InvalidKey, format!("manifest {e}"));
+            return Err(trace.fail(RULE_LINK, kind, &image, Some(link.to_string()), reason));
         }
     };
+    trace.pass(RULE_LINK, link);
     // Rule 2: one readable manifest with one rootfs artifact, path and etag.
     let artifact = match snapshot.manifests.get(manifest_key) {
         Some(ManifestRead::Rootfs(artifact)) => artifact,
         Some(ManifestRead::Skip(reason)) => {
-            return Err(Box::new(Skipped {
-                kind: Kind::Rootfs,
-                image: image.clone(),
-                source: Some(link.to_string()),
-                reason: SkipReason::new(reason.code, format!("{link}: {}", reason.detail)),
-            }))
+            let reason = SkipReason::new(reason.code, format!("{link}: {}", reason.detail));
+            return Err(trace.fail(RULE_MANIFEST, kind, &image, Some(link.to_string()), reason));
         }
         None => {
-            return fail(
-                Some(link.to_string()),
+            let reason = SkipReason::new(
                 ReasonCode::ManifestUnreadable,
                 format!("{link} was not read"),
-            )
+            );
+            return Err(trace.fail(RULE_MANIFEST, kind, &image, Some(link.to_string()), reason));
         }
     };
+    trace.pass(
+        RULE_MANIFEST,
+        format!("rootfs {} etag {}", artifact.path, artifact.etag),
+    );
     let source = artifact.path.clone();
     let key = match s3path::key_in_bucket(&artifact.path, &catalogue.bucket) {
         Ok(key) => key,
-        Err(e) => return fail(Some(source), ReasonCode::InvalidKey, format!("rootfs {e}")),
+        Err(e) => {
+            let reason = SkipReason::new(ReasonCode::InvalidKey, format!("rootfs {e}"));
+            return Err(trace.fail(RULE_KEY, kind, &image, Some(source), reason));
+        }
     };
-    images_by_key
-        .entry(key.to_string())
-        .or_insert_with(|| image.clone());
+    trace.pass(RULE_KEY, key);
     // Rule 3: the S3 object exists with the manifest's etag (when S3 can be asked).
     let s3_size = match &snapshot.objects {
-        None => None,
+        None => {
+            trace.push(
+                RULE_S3,
+                Outcome::NotChecked,
+                "offline catalogue: the manifest etag is trusted".to_string(),
+            );
+            None
+        }
         Some(objects) => match objects.get(key) {
             None => {
-                return fail(
-                    Some(source),
+                let reason = SkipReason::new(
                     ReasonCode::S3ObjectMissing,
                     format!("no S3 object at {}", artifact.path),
-                )
+                );
+                return Err(trace.fail(RULE_S3, kind, &image, Some(source), reason));
             }
             Some(object) if object.etag != artifact.etag => {
-                return fail(
-                    Some(source),
+                let reason = SkipReason::new(
                     ReasonCode::EtagMismatch,
                     format!(
                         "S3 has ETag {:?}, the manifest says {:?}",
                         object.etag, artifact.etag
                     ),
-                )
+                );
+                return Err(trace.fail(RULE_S3, kind, &image, Some(source), reason));
             }
-            Some(object) => Some(object.size),
+            Some(object) => {
+                trace.pass(
+                    RULE_S3,
+                    format!(
+                        "exists, {} bytes, ETag {} as in the manifest",
+                        object.size, object.etag
+                    ),
+                );
+                Some(object.size)
+            }
         },
     };
     // Rule 4: the file is in the mount, non-empty, and as large as the S3 object.
-    let size = mount_size(catalogue, snapshot, key, s3_size).map_err(|(code, detail)| {
-        skip(
-            Kind::Rootfs,
-            image.clone(),
-            Some(source.clone()),
-            code,
-            detail,
-        )
-    })?;
+    let size = match mount_size(catalogue, snapshot, key, s3_size) {
+        Ok(size) => size,
+        Err(reason) => return Err(trace.fail(RULE_MOUNT, kind, &image, Some(source), reason)),
+    };
+    trace.pass(
+        RULE_MOUNT,
+        format!("{}, {size} bytes", catalogue.dev_for_key(key)),
+    );
     Ok(Candidate {
-        kind: Kind::Rootfs,
+        kind,
         images: vec![image],
         source: artifact.path.clone(),
         etag: Some(artifact.etag.clone()),
         identity: Identity::rootfs(&artifact.path, &artifact.etag),
         dev: catalogue.dev_for_key(key),
         size,
+        key: key.to_string(),
     })
 }
 
 /// A PE object: every object under the PE prefixes that is in the mount with the same size.
-fn pe_candidate(
+pub fn pe_candidate(
     catalogue: &Catalogue,
     snapshot: &Snapshot,
-    key: &str,
-    size: u64,
-    etag: Option<&str>,
+    object: &PeObject,
+    trace: &mut Trace,
 ) -> Result<Candidate, Box<Skipped>> {
+    let key = object.key.as_str();
     let source = catalogue.url_for_key(key);
     let image = ImageRef {
         id: None,
         name: Some(key.to_string()),
     };
     if let Err(e) = s3path::check_key(key) {
-        return Err(skip(
-            Kind::Pe,
-            image,
-            Some(source),
-            ReasonCode::InvalidKey,
-            e.to_string(),
-        ));
+        let reason = SkipReason::new(ReasonCode::InvalidKey, e.to_string());
+        return Err(trace.fail(RULE_KEY, Kind::Pe, &image, Some(source), reason));
     }
-    let size = mount_size(catalogue, snapshot, key, Some(size)).map_err(|(code, detail)| {
-        skip(Kind::Pe, image.clone(), Some(source.clone()), code, detail)
-    })?;
+    trace.pass(
+        RULE_KEY,
+        format!("{key}, {} bytes in the listing", object.size),
+    );
+    let size = match mount_size(catalogue, snapshot, key, Some(object.size)) {
+        Ok(size) => size,
+        Err(reason) => return Err(trace.fail(RULE_MOUNT, Kind::Pe, &image, Some(source), reason)),
+    };
+    trace.pass(
+        RULE_MOUNT,
+        format!("{}, {size} bytes", catalogue.dev_for_key(key)),
+    );
     Ok(Candidate {
         kind: Kind::Pe,
         images: vec![image],
         identity: Identity::pe(&catalogue.bucket, key),
         source,
-        etag: etag.map(str::to_owned),
+        etag: object.etag.clone(),
         dev: catalogue.dev_for_key(key),
         size,
+        key: key.to_string(),
     })
+}
+
+/// Which IMS image each rootfs key belongs to, as far as the manifests tell (to name the
+/// image of a projection that is being removed).
+fn images_by_rootfs_key(catalogue: &Catalogue, snapshot: &Snapshot) -> BTreeMap<String, ImageRef> {
+    let mut found = BTreeMap::new();
+    for record in snapshot.images.iter().filter_map(|entry| match entry {
+        ImageEntry::Valid(record) => Some(record),
+        ImageEntry::Invalid { .. } => None,
+    }) {
+        let rootfs_key = record
+            .link_path
+            .as_deref()
+            .and_then(|link| s3path::key_in_bucket(link, &catalogue.bucket).ok())
+            .and_then(|manifest_key| match snapshot.manifests.get(manifest_key) {
+                Some(ManifestRead::Rootfs(artifact)) => {
+                    s3path::key_in_bucket(&artifact.path, &catalogue.bucket).ok()
+                }
+                _ => None,
+            });
+        if let Some(key) = rootfs_key {
+            found.entry(key.to_string()).or_insert_with(|| ImageRef {
+                id: Some(record.id.clone()),
+                name: Some(record.name.clone()),
+            });
+        }
+    }
+    found
+}
+
+/// A folder marker or any empty object is not an image.
+pub fn is_pe_image(object: &PeObject) -> bool {
+    !object.key.ends_with('/') && object.size > 0
 }
 
 /// Rule 4: the file's size in the mount, if it may be served.
@@ -424,26 +511,29 @@ fn mount_size(
     snapshot: &Snapshot,
     key: &str,
     expected: Option<u64>,
-) -> Result<u64, (ReasonCode, String)> {
+) -> Result<u64, SkipReason> {
     let path = catalogue.dev_for_key(key);
+    let reason = SkipReason::new;
     match snapshot.mount.get(key) {
-        None | Some(MountEntry::Missing) => {
-            Err((ReasonCode::NotInMount, format!("{path} does not exist")))
-        }
-        Some(MountEntry::NotAFile) => Err((
+        None | Some(MountEntry::Missing) => Err(reason(
+            ReasonCode::NotInMount,
+            format!("{path} does not exist"),
+        )),
+        Some(MountEntry::NotAFile) => Err(reason(
             ReasonCode::NotInMount,
             format!("{path} is not a regular file"),
         )),
-        Some(MountEntry::Error(e)) => {
-            Err((ReasonCode::NotInMount, format!("cannot stat {path}: {e}")))
-        }
+        Some(MountEntry::Error(e)) => Err(reason(
+            ReasonCode::NotInMount,
+            format!("cannot stat {path}: {e}"),
+        )),
         // The kernel would advertise a huge disk for size 0: never emit it.
-        Some(MountEntry::File { size: 0 }) => Err((
+        Some(MountEntry::File { size: 0 }) => Err(reason(
             ReasonCode::SizeMismatch,
             format!("{path} is empty (upload in progress or stale cache): not yet"),
         )),
         Some(MountEntry::File { size }) => match expected {
-            Some(expected) if expected != *size => Err((
+            Some(expected) if expected != *size => Err(reason(
                 ReasonCode::SizeMismatch,
                 format!("{path} has {size} bytes, S3 has {expected}: not yet"),
             )),
