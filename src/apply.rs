@@ -65,6 +65,11 @@ impl Lock {
 /// Replaces `path` atomically: a sibling temp file (mode 0600), fsync, rename, fsync of the
 /// directory, as rtslib writes `saveconfig.json`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// [`write_atomic`] with another file mode.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
@@ -80,12 +85,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&temp)
         .map_err(|e| fail("create", e))?;
     let written = file
         .write_all(bytes)
-        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(0o600)))
+        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode)))
         .and_then(|()| file.sync_all());
     if let Err(e) = written {
         let _ = fs::remove_file(&temp);

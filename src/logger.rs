@@ -1,10 +1,32 @@
 //! Logs on stderr, one line each, no timestamps (journald adds its own).
+//!
+//! Under systemd (`JOURNAL_STREAM` set) each line starts with its syslog priority (`<3>` an
+//! error, `<4>` a warning such as a skipped image, `<6>` info, `<7>` debug), which journald
+//! turns into the entry's priority: `journalctl -p warning -u sbps-reconcile` then shows the
+//! skipped images and the failures.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::io::Write;
 
 struct StderrLogger {
     level: LevelFilter,
+    journal: bool,
+}
+
+/// The text a log line starts with, for a level.
+pub fn prefix(level: Level, journal: bool) -> &'static str {
+    match (level, journal) {
+        (Level::Error, false) => "error: ",
+        (Level::Warn, false) => "warning: ",
+        (Level::Info, false) => "info: ",
+        (Level::Debug, false) => "debug: ",
+        (Level::Trace, false) => "trace: ",
+        (Level::Error, true) => "<3>error: ",
+        (Level::Warn, true) => "<4>warning: ",
+        (Level::Info, true) => "<6>",
+        (Level::Debug, true) => "<7>debug: ",
+        (Level::Trace, true) => "<7>trace: ",
+    }
 }
 
 impl Log for StderrLogger {
@@ -16,18 +38,17 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let prefix = match record.level() {
-            Level::Error => "error",
-            Level::Warn => "warning",
-            Level::Info => "info",
-            Level::Debug => "debug",
-            Level::Trace => "trace",
-        };
+        let prefix = prefix(record.level(), self.journal);
         let mut stderr = std::io::stderr().lock();
-        let _ = writeln!(stderr, "{prefix}: {}", record.args());
+        let _ = writeln!(stderr, "{prefix}{}", record.args());
     }
 
     fn flush(&self) {}
+}
+
+/// Whether stderr goes to the journal (systemd sets `JOURNAL_STREAM` for such units).
+pub fn under_journal() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_some()
 }
 
 /// Installs the logger; `RUST_LOG` (error, warn, info, debug, trace) overrides `level`.
@@ -36,7 +57,11 @@ pub fn init(level: LevelFilter) {
         .ok()
         .and_then(|v| v.parse::<LevelFilter>().ok())
         .unwrap_or(level);
-    if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
+    let logger = StderrLogger {
+        level,
+        journal: under_journal(),
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }
 }

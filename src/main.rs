@@ -1,11 +1,10 @@
-use clap::Parser;
 use sbps_reconcile::cli::Cli;
 use sbps_reconcile::error::Exit;
 use sbps_reconcile::{logger, run};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_checked() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -17,7 +16,5 @@ fn main() -> ExitCode {
         }
     };
     logger::init(cli.log_level());
-    let (report, exit) = run::run(&cli);
-    run::print(&report, cli.output);
-    ExitCode::from(exit.code())
+    ExitCode::from(run::main(&cli).code())
 }

@@ -22,6 +22,16 @@ pub struct PolicyFile {
     pub catalogue: CatalogueSection,
     #[serde(default)]
     pub safety: SafetySection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Prometheus text file for node_exporter's textfile collector, written after each run
+    /// that is not a dry run.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +329,9 @@ impl PolicyFile {
             }
             Some(AuthSection::None) | None => {}
         }
+        if let Some(file) = &mut self.metrics.file {
+            resolve(file);
+        }
         if let Some(s3) = &mut self.catalogue.s3 {
             resolve(&mut s3.credentials_file);
             if let Some(ca) = &mut s3.ca_bundle {
@@ -358,6 +371,7 @@ pub struct Policy {
     pub lio: LioSettings,
     pub catalogue: Catalogue,
     pub safety: Safety,
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -554,9 +568,17 @@ impl Policy {
                 safety: Safety {
                     max_removals: file.safety.max_removals,
                 },
+                metrics_file: check_metrics(file.metrics).map_err(|e| format!("metrics: {e}"))?,
             },
             warnings,
         ))
+    }
+}
+
+fn check_metrics(section: MetricsSection) -> Result<Option<PathBuf>, String> {
+    match section.file {
+        Some(path) if !path.is_absolute() => Err(format!("file {path:?} is not an absolute path")),
+        other => Ok(other),
     }
 }
 

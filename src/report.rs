@@ -77,6 +77,8 @@ pub struct SkippedReport {
     pub source: Option<String>,
     pub reason_code: &'static str,
     pub reason: String,
+    #[serde(skip)]
+    pub code: Option<ReasonCode>,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,5 +257,6 @@ fn skipped_report(s: &Skipped) -> SkippedReport {
         source: s.source.clone(),
         reason_code: s.reason.code.as_str(),
         reason: s.reason.detail.clone(),
+        code: Some(s.reason.code),
     }
 }

@@ -1,20 +1,25 @@
-//! One reconcile run, end to end: the imperative shell around the pure planner.
+//! The imperative shell: one reconcile run end to end, and the `status` and `explain`
+//! commands, around the pure planner.
 //!
 //! policy -> sources -> snapshot -> plan -> diff -> apply -> report.
 
 use crate::apply::{self, Lock};
-use crate::cli::{Cli, Output};
+use crate::cli::{Cli, Command, Output};
 use crate::diff;
-use crate::error::{Error, Exit};
+use crate::error::{Error, ErrorKind, Exit};
 use crate::lio::managed::ManagedView;
 use crate::lio::SaveConfig;
+use crate::metrics::RunMetrics;
 use crate::plan::{self, Action, Plan};
 use crate::policy::{HostFacts, Policy};
 use crate::report::Report;
 use crate::skip::ReasonCode;
 use crate::snapshot::Snapshot;
-use crate::sources;
-use std::path::Path;
+use crate::{explain, man, sources, status};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// The current `saveconfig.json`: its bytes (to back up and restore) and its parsed form.
 #[derive(Debug, Clone)]
@@ -54,44 +59,83 @@ impl CurrentFile {
     }
 }
 
-/// Runs once; returns the report to print and the exit status.
-pub fn run(cli: &Cli) -> (Report, Exit) {
+/// Runs what the command line asks for and returns the exit status.
+pub fn main(cli: &Cli) -> Exit {
+    match &cli.command {
+        None => {
+            let started = Instant::now();
+            let outcome = run(cli);
+            print(&outcome.report, cli.output);
+            write_metrics(cli, &outcome, started);
+            outcome.exit
+        }
+        Some(Command::Status) => status_command(cli),
+        Some(Command::Explain { image }) => explain_command(cli, image),
+        Some(Command::Completions { shell }) => write_stdout(&man::completions(*shell)),
+        Some(Command::Man) => write_stdout(&man::page()),
+    }
+}
+
+/// What a reconcile run leaves behind.
+pub struct Outcome {
+    pub report: Report,
+    pub exit: Exit,
+    pub error: Option<ErrorKind>,
+    /// `metrics.file` from the policy, once it was read.
+    pub policy_metrics_file: Option<PathBuf>,
+}
+
+/// One reconcile run; never panics on bad input, always yields a report.
+pub fn run(cli: &Cli) -> Outcome {
     let mut report = Report::empty(cli.dry_run);
-    match reconcile(cli, &mut report) {
-        Ok(exit) => (report, exit),
+    let mut policy_metrics_file = None;
+    match reconcile(cli, &mut report, &mut policy_metrics_file) {
+        Ok(exit) => Outcome {
+            report,
+            exit,
+            error: None,
+            policy_metrics_file,
+        },
         Err(error) => {
             log::error!("{error}");
-            let exit = error.kind().exit();
             report.set_error(&error);
-            (report, exit)
+            Outcome {
+                exit: error.kind().exit(),
+                error: Some(error.kind()),
+                report,
+                policy_metrics_file,
+            }
         }
     }
 }
 
-fn reconcile(cli: &Cli, report: &mut Report) -> Result<Exit, Error> {
+fn load_policy(cli: &Cli) -> Result<Policy, Error> {
     let (policy, warnings) = Policy::load(&cli.policy, &HostFacts::detect())?;
     for warning in warnings {
         log::warn!("{warning}");
     }
+    Ok(policy)
+}
+
+fn reconcile(
+    cli: &Cli,
+    report: &mut Report,
+    metrics_file: &mut Option<PathBuf>,
+) -> Result<Exit, Error> {
+    let policy = load_policy(cli)?;
+    metrics_file.clone_from(&policy.metrics_file);
     let current = CurrentFile::read(&policy.lio.saveconfig)?;
-    let sources = sources::open(&policy)?;
-    let snapshot = sources::collect(&policy, &sources)?;
-    report.mode = Some(sources.mode.to_string());
-    report.etag_verified = snapshot.verifies_etags();
-    if !snapshot.verifies_etags() {
-        report.notes.push(
-            "offline catalogue: S3 ETags were not checked; manifest etags are trusted".to_string(),
-        );
-    }
+    let snapshot = read_catalogue(&policy, report)?;
 
     let plan = plan_and_report(&policy, &snapshot, &current, report);
     log_plan(&plan);
     check_safety(&policy, &plan, cli.allow_removals)?;
     if !plan.changed {
-        log::info!("no changes");
+        log_summary(&plan, false, cli.dry_run);
         return Ok(Exit::Success);
     }
     if cli.dry_run {
+        log_summary(&plan, false, true);
         return Ok(if cli.detailed_exitcode {
             Exit::Changed
         } else {
@@ -117,6 +161,7 @@ fn reconcile(cli: &Cli, report: &mut Report) -> Result<Exit, Error> {
         let plan = plan_and_report(&policy, &snapshot, &current_now, report);
         check_safety(&policy, &plan, cli.allow_removals)?;
         if !plan.changed {
+            log_summary(&plan, false, false);
             return Ok(Exit::Success);
         }
         (current_now, plan)
@@ -136,18 +181,25 @@ fn reconcile(cli: &Cli, report: &mut Report) -> Result<Exit, Error> {
     )?;
     report.applied = true;
     report.backup = applied.backup.map(|p| p.display().to_string());
-    log::info!(
-        "applied: {} added, {} removed, {} updated, {} kept",
-        plan.count(Action::Add),
-        plan.count(Action::Remove),
-        plan.count(Action::Update),
-        plan.count(Action::Keep)
-    );
+    log_summary(&plan, true, false);
     Ok(if cli.detailed_exitcode {
         Exit::Changed
     } else {
         Exit::Success
     })
+}
+
+fn read_catalogue(policy: &Policy, report: &mut Report) -> Result<Snapshot, Error> {
+    let sources = sources::open(policy)?;
+    let snapshot = sources::collect(policy, &sources)?;
+    report.mode = Some(sources.mode.to_string());
+    report.etag_verified = snapshot.verifies_etags();
+    if !snapshot.verifies_etags() {
+        report.notes.push(
+            "offline catalogue: S3 ETags were not checked; manifest etags are trusted".to_string(),
+        );
+    }
+    Ok(snapshot)
 }
 
 fn plan_and_report(
@@ -181,6 +233,8 @@ fn check_safety(policy: &Policy, plan: &Plan, allow_removals: bool) -> Result<()
     Ok(())
 }
 
+/// One line per decision: projections at info, skipped images as warnings (images that are
+/// simply not tagged at debug: a catalogue holds thousands), target changes at info.
 fn log_plan(plan: &Plan) {
     for skipped in &plan.skipped {
         let who = match (&skipped.image.name, &skipped.image.id) {
@@ -200,20 +254,170 @@ fn log_plan(plan: &Plan) {
             log::warn!("{line}");
         }
     }
-    for line in diff::summary_lines(plan) {
-        log::info!("{line}");
+    for projection in &plan.projections {
+        log::info!("{}", diff::projection_line(projection));
+    }
+    for change in &plan.target_changes {
+        log::info!("~ target  {change}");
     }
 }
 
-/// Prints the report in the requested format.
-pub fn print(report: &Report, output: Output) {
-    use std::io::Write;
-    let text = match output {
-        Output::Json => report.to_json(),
-        Output::Text => report.to_text(),
+/// The one summary line of a run.
+fn log_summary(plan: &Plan, applied: bool, dry_run: bool) {
+    let state = if applied {
+        "applied"
+    } else if !plan.changed {
+        "no changes"
+    } else if dry_run {
+        "dry run, changes pending"
+    } else {
+        "not applied"
     };
+    log::info!(
+        "summary: {state}: {} added, {} removed, {} updated, {} kept, {} skipped",
+        plan.count(Action::Add),
+        plan.count(Action::Remove),
+        plan.count(Action::Update),
+        plan.count(Action::Keep),
+        plan.skipped.len()
+    );
+}
+
+/// Writes the metrics file named by `--metrics-file`, or by the policy for runs that are
+/// not dry runs. A failure to write it is logged, not fatal.
+fn write_metrics(cli: &Cli, outcome: &Outcome, started: Instant) {
+    let path = match (&cli.metrics_file, &outcome.policy_metrics_file) {
+        (Some(path), _) => path,
+        (None, Some(path)) if !cli.dry_run => path,
+        _ => return,
+    };
+    let report = &outcome.report;
+    let planned = report.target.is_some();
+    let mut projections: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for p in report.projections.iter().filter(|p| p.action != "remove") {
+        *projections.entry(p.kind).or_default() += 1;
+    }
+    let mut skipped: BTreeMap<ReasonCode, usize> = BTreeMap::new();
+    for s in &report.skipped {
+        if let Some(code) = s.code {
+            *skipped.entry(code).or_default() += 1;
+        }
+    }
+    let applied = if report.applied {
+        [
+            ("add", report.summary.add),
+            ("remove", report.summary.remove),
+            ("update", report.summary.update),
+        ]
+        .into()
+    } else {
+        BTreeMap::new()
+    };
+    let run = RunMetrics {
+        end_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        duration_seconds: started.elapsed().as_secs_f64(),
+        failure: outcome.error,
+        projections: planned.then_some(projections),
+        skipped: planned.then_some(skipped),
+        applied,
+    };
+    if let Err(e) = crate::metrics::write(path, &run) {
+        log::warn!("cannot write metrics {}: {e}", path.display());
+    }
+}
+
+/// `status`: the LUNs in place now, and the images they serve where the catalogue can tell.
+fn status_command(cli: &Cli) -> Exit {
+    let result = (|| {
+        let policy = load_policy(cli)?;
+        let current = CurrentFile::read(&policy.lio.saveconfig)?;
+        let mut scratch = Report::empty(true);
+        let (plan, catalogue_error) = match read_catalogue(&policy, &mut scratch) {
+            Ok(snapshot) => (Some(plan::plan(&policy, &snapshot, &current.config)), None),
+            Err(e) => {
+                log::warn!("{e}");
+                (None, Some(e.to_string()))
+            }
+        };
+        Ok::<_, Error>(status::status(
+            &current.config,
+            &policy,
+            plan.as_ref(),
+            catalogue_error,
+        ))
+    })();
+    match result {
+        Ok(status) => {
+            let text = match cli.output {
+                Output::Json => json(&status),
+                Output::Text => status.to_text(),
+            };
+            write_stdout(&text)
+        }
+        Err(error) => fail_command(cli, &error),
+    }
+}
+
+/// `explain IMAGE`: the rules the planner applies to that image, one by one.
+fn explain_command(cli: &Cli, query: &str) -> Exit {
+    let result = (|| {
+        let policy = load_policy(cli)?;
+        let current = CurrentFile::read(&policy.lio.saveconfig)?;
+        let mut scratch = Report::empty(true);
+        let snapshot = read_catalogue(&policy, &mut scratch)?;
+        let plan = plan::plan(&policy, &snapshot, &current.config);
+        Ok::<_, Error>(explain::explain(&policy, &snapshot, &plan, query))
+    })();
+    match result {
+        Ok(explanations) if explanations.is_empty() => {
+            log::error!("no image, image name, object key or s3:// URL {query:?} in the catalogue");
+            if cli.output == Output::Json {
+                let _ = write_stdout("[]\n");
+            }
+            Exit::Failure
+        }
+        Ok(explanations) => {
+            let text = match cli.output {
+                Output::Json => json(&explanations),
+                Output::Text => explain::to_text(&explanations),
+            };
+            write_stdout(&text)
+        }
+        Err(error) => fail_command(cli, &error),
+    }
+}
+
+fn fail_command(cli: &Cli, error: &Error) -> Exit {
+    log::error!("{error}");
+    if cli.output == Output::Json {
+        let mut report = Report::empty(true);
+        report.set_error(error);
+        let _ = write_stdout(&report.to_json());
+    }
+    error.kind().exit()
+}
+
+fn json(value: &impl serde::Serialize) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+fn write_stdout(text: &str) -> Exit {
     let mut stdout = std::io::stdout().lock();
     // A closed pipe (`| head`) is not worth a panic.
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
+    Exit::Success
+}
+
+/// Prints the report in the requested format.
+pub fn print(report: &Report, output: Output) {
+    let text = match output {
+        Output::Json => report.to_json(),
+        Output::Text => report.to_text(),
+    };
+    let _ = write_stdout(&text);
 }

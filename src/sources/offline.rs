@@ -45,8 +45,10 @@ pub struct MountStore {
 
 impl ObjectStore for MountStore {
     fn manifests(&self, keys: &BTreeSet<String>, max_bytes: u64) -> BTreeMap<String, ManifestRead> {
+        let mut progress = crate::progress::Progress::new("reading manifests", keys.len());
         keys.iter()
             .map(|key| {
+                progress.tick();
                 let read = match self.mount.read(key, max_bytes) {
                     Ok(bytes) => ManifestRead::from_bytes(&bytes),
                     Err(e) => {

@@ -244,7 +244,9 @@ impl ObjectStore for S3Store {
                 });
             }
             let mut done = Vec::new();
+            let mut progress = crate::progress::Progress::new("reading manifests", tasks.len());
             while let Some(joined) = tasks.join_next().await {
+                progress.tick();
                 match joined {
                     Ok(pair) => done.push(pair),
                     Err(e) => log::error!("a manifest fetch task failed: {e}"),

@@ -1,0 +1,297 @@
+//! `explain IMAGE`: why an image is or is not projected, rule by rule, with the identity it
+//! has or would have. It walks the planner's own rule functions, so it cannot disagree with
+//! a run.
+
+use crate::identity::Identity;
+use crate::image::ImageEntry;
+use crate::plan::{
+    is_pe_image, pe_candidate, rootfs_candidate, Action, Kind, Outcome, Plan, Step, Trace, RULE_KEY,
+};
+use crate::policy::Policy;
+use crate::s3path;
+use crate::snapshot::{ManifestRead, Snapshot};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub kind: &'static str,
+    pub image_id: Option<String>,
+    pub image_name: Option<String>,
+    pub steps: Vec<Step>,
+    /// The identity the image has (projected) or would have (skipped after its manifest).
+    pub identity: Option<IdentityReport>,
+    pub projected: bool,
+    pub lun: Option<u32>,
+    /// What the next run does with it: add, keep, update, remove.
+    pub action: Option<&'static str>,
+    pub verdict: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IdentityReport {
+    pub name: String,
+    pub wwn: String,
+    pub multipath_wwid: String,
+}
+
+impl From<&Identity> for IdentityReport {
+    fn from(identity: &Identity) -> IdentityReport {
+        IdentityReport {
+            name: identity.name.clone(),
+            wwn: identity.wwn.clone(),
+            multipath_wwid: identity.multipath_wwid(),
+        }
+    }
+}
+
+/// Every image the query names: an IMS id or name, a manifest or rootfs key, a PE key, or
+/// any of those keys as an `s3://` URL. Empty when nothing matches.
+pub fn explain(policy: &Policy, snapshot: &Snapshot, plan: &Plan, query: &str) -> Vec<Explanation> {
+    let catalogue = &policy.catalogue;
+    let key = query
+        .strip_prefix(&format!("s3://{}/", catalogue.bucket))
+        .unwrap_or(query);
+    let mut found = Vec::new();
+    for entry in &snapshot.images {
+        if matches_image(entry, snapshot, &catalogue.bucket, query, key) {
+            found.push(explain_rootfs(policy, snapshot, plan, entry));
+        }
+    }
+    for object in snapshot.pe_objects.iter().filter(|o| o.key == key) {
+        let mut trace = Trace::default();
+        let mut explanation = Explanation {
+            kind: Kind::Pe.as_str(),
+            image_id: None,
+            image_name: Some(object.key.clone()),
+            steps: Vec::new(),
+            identity: None,
+            projected: false,
+            lun: None,
+            action: None,
+            verdict: String::new(),
+        };
+        if !is_pe_image(object) {
+            explanation.steps.push(Step {
+                rule: RULE_KEY,
+                outcome: Outcome::Fail,
+                detail: "a folder marker or an empty object is not an image".to_string(),
+            });
+            explanation.verdict = "not an image".to_string();
+        } else {
+            let result = pe_candidate(catalogue, snapshot, object, &mut trace);
+            explanation.steps = trace.0;
+            let identity = Identity::pe(&catalogue.bucket, &object.key);
+            conclude(
+                &mut explanation,
+                plan,
+                &identity,
+                result.err().map(|s| s.reason.to_string()),
+            );
+        }
+        found.push(explanation);
+    }
+    if found.is_empty()
+        && catalogue
+            .pe_prefixes
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
+    {
+        found.push(Explanation {
+            kind: Kind::Pe.as_str(),
+            image_id: None,
+            image_name: Some(key.to_string()),
+            steps: vec![Step {
+                rule: RULE_KEY,
+                outcome: Outcome::Fail,
+                detail: format!("no object {key} under the PE prefixes"),
+            }],
+            identity: Some(IdentityReport::from(&Identity::pe(&catalogue.bucket, key))),
+            projected: false,
+            lun: None,
+            action: None,
+            verdict: "not in the catalogue".to_string(),
+        });
+    }
+    found
+}
+
+fn matches_image(
+    entry: &ImageEntry,
+    snapshot: &Snapshot,
+    bucket: &str,
+    query: &str,
+    key: &str,
+) -> bool {
+    match entry {
+        ImageEntry::Invalid { id, .. } => id.as_deref() == Some(query),
+        ImageEntry::Valid(record) => {
+            if record.id == query || record.name == query {
+                return true;
+            }
+            let Some(manifest_key) = record
+                .link_path
+                .as_deref()
+                .and_then(|link| s3path::key_in_bucket(link, bucket).ok())
+            else {
+                return false;
+            };
+            manifest_key == key
+                || matches!(snapshot.manifests.get(manifest_key),
+                    Some(ManifestRead::Rootfs(a)) if s3path::key_in_bucket(&a.path, bucket) == Ok(key))
+        }
+    }
+}
+
+fn explain_rootfs(
+    policy: &Policy,
+    snapshot: &Snapshot,
+    plan: &Plan,
+    entry: &ImageEntry,
+) -> Explanation {
+    let catalogue = &policy.catalogue;
+    let mut trace = Trace::default();
+    let result = rootfs_candidate(catalogue, snapshot, entry, &mut trace);
+    let (image_id, image_name) = match entry {
+        ImageEntry::Valid(record) => (Some(record.id.clone()), Some(record.name.clone())),
+        ImageEntry::Invalid { id, name, .. } => (id.clone(), name.clone()),
+    };
+    let mut explanation = Explanation {
+        kind: Kind::Rootfs.as_str(),
+        image_id,
+        image_name,
+        steps: trace.0,
+        identity: None,
+        projected: false,
+        lun: None,
+        action: None,
+        verdict: String::new(),
+    };
+    match result {
+        Ok(candidate) => conclude(&mut explanation, plan, &candidate.identity, None),
+        Err(skipped) => {
+            // The identity it would have, when the manifest got that far.
+            let would = match entry {
+                ImageEntry::Valid(record) => record
+                    .link_path
+                    .as_deref()
+                    .and_then(|link| s3path::key_in_bucket(link, &catalogue.bucket).ok())
+                    .and_then(|key| match snapshot.manifests.get(key) {
+                        Some(ManifestRead::Rootfs(a)) => Some(Identity::rootfs(&a.path, &a.etag)),
+                        _ => None,
+                    }),
+                ImageEntry::Invalid { .. } => None,
+            };
+            match would {
+                Some(identity) => conclude(
+                    &mut explanation,
+                    plan,
+                    &identity,
+                    Some(skipped.reason.to_string()),
+                ),
+                None => explanation.verdict = format!("skipped: {}", skipped.reason),
+            }
+        }
+    }
+    explanation
+}
+
+/// The LUN step and the verdict, from the plan.
+fn conclude(
+    explanation: &mut Explanation,
+    plan: &Plan,
+    identity: &Identity,
+    skipped: Option<String>,
+) {
+    explanation.identity = Some(IdentityReport::from(identity));
+    let projection = plan.projections.iter().find(|p| p.name == identity.name);
+    if let Some(reason) = skipped {
+        explanation.verdict = match projection {
+            Some(p) if p.action == Action::Remove => format!(
+                "skipped: {reason}; it is LUN {} now and the next run removes it",
+                p.lun.map_or("-".to_string(), |l| l.to_string())
+            ),
+            _ => format!("skipped: {reason}"),
+        };
+        return;
+    }
+    match projection {
+        Some(p) if p.action != Action::Remove => {
+            let lun = p.lun.map_or("-".to_string(), |l| l.to_string());
+            let what = match p.action {
+                Action::Add => format!("the next run adds it as LUN {lun}"),
+                Action::Keep => format!("projected as LUN {lun}, unchanged"),
+                Action::Update => format!(
+                    "projected as LUN {lun}; the next run updates {}",
+                    p.changes.join(", ")
+                ),
+                Action::Remove => String::new(),
+            };
+            explanation.steps.push(Step {
+                rule: "LUN",
+                outcome: Outcome::Pass,
+                detail: what.clone(),
+            });
+            explanation.projected = true;
+            explanation.lun = p.lun;
+            explanation.action = Some(p.action.as_str());
+            explanation.verdict = what;
+        }
+        _ => {
+            // Passed every rule but was not placed: no free LUN or a name conflict.
+            let reason = plan
+                .skipped
+                .iter()
+                .find(|s| {
+                    explanation.image_id.is_some() && s.image.id == explanation.image_id
+                        || explanation.image_id.is_none() && s.image.name == explanation.image_name
+                })
+                .map(|s| s.reason.to_string())
+                .unwrap_or_else(|| "not placed".to_string());
+            explanation.steps.push(Step {
+                rule: "LUN",
+                outcome: Outcome::Fail,
+                detail: reason.clone(),
+            });
+            explanation.verdict = format!("skipped: {reason}");
+        }
+    }
+}
+
+pub fn to_text(explanations: &[Explanation]) -> String {
+    let mut out = String::new();
+    for (i, e) in explanations.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let who = match (&e.image_name, &e.image_id) {
+            (Some(name), Some(id)) => format!("{name:?} (id {id})"),
+            (Some(name), None) => format!("{name:?}"),
+            (None, Some(id)) => format!("(id {id})"),
+            (None, None) => "(record without id)".to_string(),
+        };
+        let _ = writeln!(out, "{} image {who}", e.kind);
+        for step in &e.steps {
+            let outcome = match step.outcome {
+                Outcome::Pass => "pass",
+                Outcome::Fail => "FAIL",
+                Outcome::NotChecked => "not checked",
+            };
+            let _ = writeln!(out, "  {outcome:<11}  {:<11}  {}", step.rule, step.detail);
+        }
+        if let Some(identity) = &e.identity {
+            let tense = if e.projected {
+                "identity"
+            } else {
+                "identity it would have"
+            };
+            let _ = writeln!(
+                out,
+                "  {tense}: name {}, wwn {}, multipath WWID {}",
+                identity.name, identity.wwn, identity.multipath_wwid
+            );
+        }
+        let _ = writeln!(out, "  => {}", e.verdict);
+    }
+    out
+}

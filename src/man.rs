@@ -1,0 +1,128 @@
+//! The sbps-reconcile(8) man page: synopsis, options and commands rendered from the clap
+//! definitions (so they cannot drift from the parser), the rest written here.
+//! `man/sbps-reconcile.8` is this output, and a test keeps it so.
+
+use crate::cli::Cli;
+use clap::CommandFactory;
+
+const SECTIONS: &str = r#".SH "EXIT STATUS"
+.TP
+.B 0
+Success, with or without changes (unless \fB\-\-detailed\-exitcode\fR). Skipped images are not failures.
+.TP
+.B 1
+Run\-time failure: a source could not be read, the current configuration is unreadable, or the apply failed and was rolled back (or the rollback failed too; the report says which). Also: \fBexplain\fR found no such image.
+.TP
+.B 2
+Only with \fB\-\-detailed\-exitcode\fR: success, and the plan had changes (applied, or pending under \fB\-\-dry\-run\fR).
+.TP
+.B 3
+Refused by a safety limit (\fBsafety.max_removals\fR); nothing was touched.
+.TP
+.B 64
+Usage error.
+.TP
+.B 75
+Another run, or an interactive targetcli, holds the lock.
+.TP
+.B 78
+The policy is missing or invalid.
+.SH ENVIRONMENT
+.TP
+.B SBPS_RECONCILE_POLICY
+Policy file, when \fB\-\-policy\fR is not given.
+.TP
+.B RUST_LOG
+Log level (error, warn, info, debug, trace), overriding \fB\-v\fR and \fB\-q\fR.
+.TP
+.B JOURNAL_STREAM
+Set by systemd when stderr goes to the journal: log lines then carry syslog priorities, so that \fBjournalctl \-p warning \-u sbps\-reconcile\fR shows the skipped images and the failures.
+.SH FILES
+.TP
+.I /etc/sbps\-reconcile/policy.yaml
+The policy; see \fBsbps\-reconcile.policy\fR(5).
+.TP
+.I /etc/target/saveconfig.json
+The LIO configuration the tool plans against and writes (\fBlio.saveconfig\fR).
+.TP
+.I /etc/target/backup/saveconfig\-YYYYmmdd\-HH:MM:SS\-json.gz
+Backups of the previous configuration, as targetcli makes them; 10 kept (\fBlio.backup_dir\fR).
+.TP
+.I /run/sbps\-reconcile.lock
+One run at a time (\fBlio.lock_file\fR); \fI/var/run/targetcli.lock\fR is taken too.
+.TP
+.I /var/lib/node_exporter/textfile_collector/sbps_reconcile.prom
+Prometheus metrics, when \fBmetrics.file\fR or \fB\-\-metrics\-file\fR names it.
+.TP
+.I /var/lib/cps\-local/boot\-images
+The s3fs mount of the bucket; LIO serves the image files from here (\fBcatalogue.mount\fR).
+.SH EXAMPLES
+Plan without changing anything, as an operator would before enabling the timer:
+.PP
+.RS
+.nf
+sbps\-reconcile \-\-dry\-run
+.fi
+.RE
+.PP
+What a playbook in check mode runs (exit 2 means changes are pending):
+.PP
+.RS
+.nf
+sbps\-reconcile \-\-dry\-run \-\-output json \-\-detailed\-exitcode
+.fi
+.RE
+.PP
+Trigger a run the way the timer does, and read its log:
+.PP
+.RS
+.nf
+systemctl start sbps\-reconcile.service
+journalctl \-u sbps\-reconcile \-p warning
+.fi
+.RE
+.PP
+Why does a node not find its root disk?
+.PP
+.RS
+.nf
+sbps\-reconcile status
+sbps\-reconcile explain 1b2f3c4d\-0001\-4e5f\-8a9b\-0c1d2e3f4a51
+.fi
+.RE
+.SH "SEE ALSO"
+\fBsbps\-reconcile.policy\fR(5), \fBtargetctl\fR(8), \fBtargetcli\fR(8), \fBsystemd.timer\fR(5), \fBjournalctl\fR(1)
+"#;
+
+/// The page's roff text.
+pub fn page() -> String {
+    let man = clap_mangen::Man::new(Cli::command())
+        .section("8")
+        .manual("System Manager's Manual")
+        .source(format!("sbps-reconcile {}", env!("CARGO_PKG_VERSION")));
+    let mut out = Vec::new();
+    let rendered = man
+        .render_title(&mut out)
+        .and_then(|()| man.render_name_section(&mut out))
+        .and_then(|()| man.render_synopsis_section(&mut out))
+        .and_then(|()| man.render_description_section(&mut out))
+        .and_then(|()| man.render_options_section(&mut out))
+        .and_then(|()| man.render_subcommands_section(&mut out));
+    if rendered.is_err() {
+        return String::new();
+    }
+    out.extend_from_slice(SECTIONS.as_bytes());
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A completion script for `shell`.
+pub fn completions(shell: crate::cli::CompletionShell) -> String {
+    use clap_complete::Shell;
+    let shell = match shell {
+        crate::cli::CompletionShell::Bash => Shell::Bash,
+        crate::cli::CompletionShell::Zsh => Shell::Zsh,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "sbps-reconcile", &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
