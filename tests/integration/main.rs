@@ -5,5 +5,6 @@ mod examples;
 mod golden;
 #[cfg(feature = "live")]
 mod live;
+mod operator;
 mod plan;
 mod util;
