@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs (.ci/setup), starts a real S3 server (moto)
-# on a free port of 127.0.0.1, runs `cargo test --locked` against it, and stops the server.
-# Extra arguments go to cargo test (e.g. `tests/run.sh live`).
+# on a free port of 127.0.0.1, runs `cargo test --locked` against it, stops the server, then
+# runs the packaging checks (tests/packaging.sh: systemd units, RPM, Ansible).
+# Extra arguments go to cargo test (e.g. `tests/run.sh live`) and skip the packaging checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +23,7 @@ for _ in $(seq 1 150); do
 done
 echo "S3 server (moto) on 127.0.0.1:$port"
 SBPS_TEST_S3_ENDPOINT="http://127.0.0.1:$port" cargo test --locked "$@"
+kill "$moto" 2>/dev/null || true
+if [ $# -eq 0 ]; then
+    bash tests/packaging.sh
+fi
