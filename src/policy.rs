@@ -244,6 +244,14 @@ pub struct S3Section {
     /// Manifest GETs in flight at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Where parsed manifests are cached by key and ETag, so that a run with nothing new
+    /// makes no manifest GET. Safe to delete; "" for no cache.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+}
+
+fn default_cache_dir() -> PathBuf {
+    "/var/cache/sbps-reconcile".into()
 }
 
 fn default_region() -> String {
@@ -334,6 +342,7 @@ impl PolicyFile {
         }
         if let Some(s3) = &mut self.catalogue.s3 {
             resolve(&mut s3.credentials_file);
+            resolve(&mut s3.cache_dir);
             if let Some(ca) = &mut s3.ca_bundle {
                 resolve(ca);
             }
@@ -507,6 +516,8 @@ pub struct S3Settings {
     pub timeout: Duration,
     pub page_size: u32,
     pub concurrency: usize,
+    /// The manifest cache's directory, `None` for no cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -860,6 +871,11 @@ fn check_s3(section: S3Section) -> Result<S3Settings, String> {
         timeout: seconds(section.timeout, "timeout")?,
         page_size: section.page_size,
         concurrency: section.concurrency,
+        cache_dir: match section.cache_dir {
+            dir if dir.as_os_str().is_empty() => None,
+            dir if dir.is_absolute() => Some(dir),
+            dir => return Err(format!("cache_dir {dir:?} is not an absolute path")),
+        },
     })
 }
 

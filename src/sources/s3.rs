@@ -166,22 +166,80 @@ async fn list_bucket(
     )))
 }
 
-async fn get_manifest(client: aws_sdk_s3::Client, bucket: String, key: String) -> ManifestRead {
+/// GETs and parses a manifest. The flag says whether the outcome came from the object's
+/// bytes (and so may be cached with its ETag), not from a failed request.
+async fn get_manifest(
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+) -> (ManifestRead, bool) {
     let unreadable = |detail: String| {
         ManifestRead::Skip(SkipReason::new(ReasonCode::ManifestUnreadable, detail))
     };
     let answer = match client.get_object().bucket(&bucket).key(&key).send().await {
         Ok(answer) => answer,
         Err(e) => {
-            return unreadable(format!(
+            let detail = format!(
                 "GET s3://{bucket}/{key} failed: {}",
                 DisplayErrorContext(&e)
-            ))
+            );
+            return (unreadable(detail), false);
         }
     };
     match answer.body.collect().await {
-        Ok(bytes) => ManifestRead::from_bytes(&bytes.into_bytes()),
-        Err(e) => unreadable(format!("reading s3://{bucket}/{key} failed: {e}")),
+        Ok(bytes) => (ManifestRead::from_bytes(&bytes.into_bytes()), true),
+        Err(e) => (
+            unreadable(format!("reading s3://{bucket}/{key} failed: {e}")),
+            false,
+        ),
+    }
+}
+
+/// Parsed manifests by key, each with the ETag of the object it was read from. A manifest
+/// whose ETag in the listing is unchanged is not fetched again.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ManifestCache {
+    version: u32,
+    /// The endpoint and bucket the entries came from; another is another cache.
+    origin: String,
+    entries: BTreeMap<String, CachedManifest>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CachedManifest {
+    etag: String,
+    read: ManifestRead,
+}
+
+const CACHE_VERSION: u32 = 1;
+const CACHE_FILE: &str = "manifests.json";
+
+impl ManifestCache {
+    /// The cache on disk; missing, unreadable or foreign is an empty cache.
+    fn load(dir: &Path, origin: &str) -> ManifestCache {
+        let path = dir.join(CACHE_FILE);
+        let cache = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<ManifestCache>(&bytes).ok())
+            .filter(|c| c.version == CACHE_VERSION && c.origin == origin);
+        if cache.is_none() && path.exists() {
+            log::debug!(
+                "ignoring manifest cache {}: unreadable or from elsewhere",
+                path.display()
+            );
+        }
+        cache.unwrap_or_default()
+    }
+
+    fn save(&self, dir: &Path) {
+        let path = dir.join(CACHE_FILE);
+        let saved = std::fs::create_dir_all(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| serde_json::to_vec(self).map_err(|e| e.to_string()))
+            .and_then(|bytes| crate::apply::write_atomic(&path, &bytes));
+        if let Err(e) = saved {
+            log::warn!("cannot write manifest cache {}: {e}", path.display());
+        }
     }
 }
 
@@ -195,11 +253,18 @@ impl ObjectStore for S3Store {
                 None
             }
         };
-        // What the listing already rules out needs no GET.
+        let origin = format!("{} {}", self.settings.endpoint, self.bucket);
+        let mut cache = match &self.settings.cache_dir {
+            Some(dir) => ManifestCache::load(dir, &origin),
+            None => ManifestCache::default(),
+        };
+        // What the listing already rules out, or the cache already holds, needs no GET.
         let mut fetch = Vec::new();
+        let mut current = BTreeMap::new();
         for key in keys {
             let url = format!("s3://{}/{key}", self.bucket);
-            match listing.map(|l| l.get(key)) {
+            let listed = listing.map(|l| l.get(key));
+            match listed {
                 Some(None) => {
                     reads.insert(
                         key.clone(),
@@ -222,25 +287,40 @@ impl ObjectStore for S3Store {
                         )),
                     );
                 }
-                _ => fetch.push(key.clone()),
+                Some(Some(object)) => {
+                    let etag = object.etag.clone();
+                    match cache
+                        .entries
+                        .remove(key)
+                        .filter(|c| c.etag == etag && !etag.is_empty())
+                    {
+                        Some(cached) => {
+                            reads.insert(key.clone(), cached.read.clone());
+                            current.insert(key.clone(), cached);
+                        }
+                        None => fetch.push((key.clone(), Some(etag))),
+                    }
+                }
+                None => fetch.push((key.clone(), None)),
             }
         }
         log::debug!(
-            "fetching {} manifest(s), {} at a time",
+            "{} manifest(s) from the cache; fetching {}, {} at a time",
+            current.len(),
             fetch.len(),
             self.settings.concurrency
         );
         let fetched = self.runtime.block_on(async {
             let permits = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency));
             let mut tasks = tokio::task::JoinSet::new();
-            for key in fetch {
+            for (key, etag) in fetch {
                 let permits = permits.clone();
                 let client = self.client.clone();
                 let bucket = self.bucket.clone();
                 tasks.spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    let read = get_manifest(client, bucket, key.clone()).await;
-                    (key, read)
+                    let (read, complete) = get_manifest(client, bucket, key.clone()).await;
+                    (key, read, etag.filter(|_| complete))
                 });
             }
             let mut done = Vec::new();
@@ -248,12 +328,35 @@ impl ObjectStore for S3Store {
             while let Some(joined) = tasks.join_next().await {
                 progress.tick();
                 match joined {
-                    Ok(pair) => done.push(pair),
+                    Ok(outcome) => done.push(outcome),
                     Err(e) => log::error!("a manifest fetch task failed: {e}"),
                 }
             }
             done
         });
+        let mut fetched_reads = Vec::new();
+        for (key, read, etag) in fetched {
+            if let Some(etag) = etag {
+                current.insert(
+                    key.clone(),
+                    CachedManifest {
+                        etag,
+                        read: read.clone(),
+                    },
+                );
+            }
+            fetched_reads.push((key, read));
+        }
+        if let Some(dir) = &self.settings.cache_dir {
+            // Only what this run saw: entries of deleted images go.
+            ManifestCache {
+                version: CACHE_VERSION,
+                origin,
+                entries: current,
+            }
+            .save(dir);
+        }
+        let fetched = fetched_reads;
         reads.extend(fetched);
         for key in keys {
             reads.entry(key.clone()).or_insert_with(|| {

@@ -332,7 +332,8 @@ impl Live {
         let root = sandbox.root().display();
         let catalogue = format!(
             "catalogue:\n  bucket: {bucket}\n  mount: {root}/mount\n  ims:\n    url: {url}\n    auth:\n      token_file: {root}/ims.token\n\
-             \x20 s3:\n    endpoint: {endpoint}\n    credentials_file: {root}/s3.creds\n    page_size: {page_size}\n    concurrency: 3\n",
+             \x20 s3:\n    endpoint: {endpoint}\n    credentials_file: {root}/s3.creds\n    page_size: {page_size}\n    concurrency: 3\n\
+             \x20   cache_dir: {root}/cache\n",
             bucket = s3.bucket,
             url = ims.url(IMS_PATH),
             endpoint = s3.proxy.url(),
@@ -601,4 +602,74 @@ fn live_end_to_end_apply_noop_untag_and_new_etag() {
     assert_eq!(names.len(), 2);
     assert!(names.contains(&new_name.as_str()));
     assert_eq!(live.ims.requests().len(), 5, "one IMS GET per run");
+}
+
+fn manifest_gets(s3: &S3Fixture) -> usize {
+    s3.proxy
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.target
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .ends_with("/manifest.json")
+        })
+        .count()
+}
+
+#[test]
+fn unchanged_manifests_are_not_fetched_again() {
+    let Some(live) = Live::new(1000) else { return };
+    live.image("a", b"rootfs a\n");
+    live.image("b", b"rootfs b\n");
+    live.s3.proxy.clear();
+    let first = live
+        .sandbox
+        .run(&["--dry-run", "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(manifest_gets(&live.s3), 2);
+    assert!(live.sandbox.path("cache/manifests.json").exists());
+
+    // Nothing new: the listing and no manifest GET, and the same plan.
+    live.s3.proxy.clear();
+    let second = live
+        .sandbox
+        .run(&["--dry-run", "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(manifest_gets(&live.s3), 0);
+    assert_eq!(second["projections"], first["projections"]);
+
+    // A manifest overwritten in S3 has a new ETag: that one is read again.
+    let bucket = live.s3.bucket.clone();
+    let etag = live.s3.put("b/rootfs", b"rootfs b, rebuilt\n");
+    live.sandbox.write("mount/b/rootfs", b"rootfs b, rebuilt\n");
+    live.s3.put(
+        "b/manifest.json",
+        manifest(&format!("s3://{bucket}/b/rootfs"), Some(&etag)).as_bytes(),
+    );
+    live.s3.proxy.clear();
+    let third = live
+        .sandbox
+        .run(&["--dry-run", "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(manifest_gets(&live.s3), 1);
+    assert!(third["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["etag"] == json!(etag)));
+
+    // A corrupt cache is ignored (and rewritten), never an error.
+    live.sandbox.write("cache/manifests.json", "{ corrupt");
+    live.s3.proxy.clear();
+    live.sandbox.run(&["--dry-run"]).expect(0);
+    assert_eq!(manifest_gets(&live.s3), 2);
+    live.s3.proxy.clear();
+    live.sandbox.run(&["--dry-run"]).expect(0);
+    assert_eq!(manifest_gets(&live.s3), 0);
 }

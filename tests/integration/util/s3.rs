@@ -62,6 +62,7 @@ impl S3Fixture {
             timeout: Duration::from_secs(60),
             page_size: 1000,
             concurrency: 4,
+            cache_dir: None,
         };
         let client = sbps_reconcile::sources::s3::client(&settings).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
