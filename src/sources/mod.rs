@@ -59,7 +59,7 @@ pub fn open(policy: &Policy) -> Result<Sources, Error> {
     let catalogue = &policy.catalogue;
     let mount = Mount::new(&catalogue.mount);
     #[cfg(feature = "live")]
-    let runtime = live_runtime(policy)?;
+    let runtime = live_runtime()?;
     let images: Box<dyn ImageList> = match &catalogue.ims {
         ImsSource::File(path) => Box::new(offline::ImsFile { path: path.clone() }),
         #[cfg(feature = "live")]
@@ -92,8 +92,7 @@ pub fn open(policy: &Policy) -> Result<Sources, Error> {
 
 /// One single-threaded runtime drives every live request of a run.
 #[cfg(feature = "live")]
-fn live_runtime(policy: &Policy) -> Result<std::sync::Arc<tokio::runtime::Runtime>, Error> {
-    let _ = policy;
+fn live_runtime() -> Result<std::sync::Arc<tokio::runtime::Runtime>, Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
