@@ -26,6 +26,13 @@ impl Lock {
     /// Takes an exclusive, non-blocking lock on `path` (created if missing, mode 0600) and
     /// records our pid in it. A lock held elsewhere is [`Error::LockBusy`].
     pub fn acquire(path: &Path, holder_hint: &str) -> Result<Lock, Error> {
+        // A fresh host (or a new lock path in the policy) may not have the directory yet.
+        fs::create_dir_all(parent_dir(path)).map_err(|e| {
+            Error::Apply(format!(
+                "cannot create the directory of lock file {}: {e}",
+                path.display()
+            ))
+        })?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -326,6 +333,12 @@ pub fn apply(
         );
     }
     let live = &lio.saveconfig;
+    fs::create_dir_all(parent_dir(live)).map_err(|e| {
+        Error::Apply(format!(
+            "cannot create the directory of {}, nothing applied: {e}",
+            live.display()
+        ))
+    })?;
     write_atomic(live, desired.to_canonical().as_bytes()).map_err(|e| {
         Error::Apply(format!(
             "cannot write {}, nothing applied: {e}",
@@ -432,6 +445,14 @@ mod tests {
         assert!(all[2]
             .to_string_lossy()
             .ends_with("saveconfig-20260101-00:00:12-json.gz"));
+    }
+
+    #[test]
+    fn a_lock_in_a_missing_directory_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/sub/sbps-reconcile.lock");
+        assert!(Lock::acquire(&path, "sbps-reconcile").is_ok());
+        assert!(path.exists());
     }
 
     #[test]
