@@ -1,6 +1,6 @@
 //! The real binary against the stand-in targetctl.
 
-use crate::util::sandbox::{manifest, Sandbox};
+use crate::util::sandbox::{manifest, skip_codes, Sandbox};
 use serde_json::{json, Value};
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
@@ -590,21 +590,7 @@ fn bad_input_is_skipped_with_a_reason_and_the_run_goes_on() {
 
     let run = sandbox.run(&["--output", "json"]).expect(0);
     let report = run.json();
-    let codes: std::collections::BTreeMap<String, String> = report["skipped"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["image_id"]
-                    .as_str()
-                    .or(s["image_name"].as_str())
-                    .unwrap_or("?")
-                    .to_string(),
-                s["reason_code"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let codes = skip_codes(&report);
     let expect = [
         ("link-null", "no_link"),
         ("kv-metadata", "not_tagged"),

@@ -3,7 +3,7 @@
 
 use crate::util::http::{HttpServer, Reply, Request, ServerIdentity};
 use crate::util::s3::{S3Fixture, ACCESS_KEY};
-use crate::util::sandbox::{manifest, Sandbox};
+use crate::util::sandbox::{manifest, skip_codes as codes, Sandbox};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs;
@@ -377,24 +377,6 @@ impl Live {
         self.s3.put(key, content);
         self.sandbox.write(&format!("mount/{key}"), content);
     }
-}
-
-fn codes(report: &Value) -> BTreeMap<String, String> {
-    report["skipped"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["image_id"]
-                    .as_str()
-                    .or(s["image_name"].as_str())
-                    .unwrap()
-                    .to_string(),
-                s["reason_code"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]

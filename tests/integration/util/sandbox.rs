@@ -209,3 +209,22 @@ pub fn manifest(path: &str, etag: Option<&str>) -> String {
          "link": {"path": "s3://boot-images/x/kernel", "etag": "k", "type": "s3"}}]})
     .to_string()
 }
+
+/// A report's skipped images: image id (or, without one, image name) to reason code.
+pub fn skip_codes(report: &Value) -> std::collections::BTreeMap<String, String> {
+    report["skipped"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let who = s["image_id"]
+                .as_str()
+                .or(s["image_name"].as_str())
+                .unwrap_or("?");
+            (
+                who.to_string(),
+                s["reason_code"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
+}
