@@ -1,7 +1,7 @@
 //! What the plan changes, for people: one line per changed projection, and a unified diff of
 //! the canonical JSON.
 
-use crate::plan::{Action, Plan, Projection};
+use crate::plan::{Action, ImageRef, Plan, Projection};
 use similar::{Algorithm, TextDiff};
 
 /// Unified diff (3 lines of context) between two canonical texts.
@@ -65,12 +65,7 @@ pub fn describe_images(p: &Projection) -> String {
         .images
         .iter()
         .filter(|i| i.id.is_some() || i.name.is_some())
-        .map(|i| match (&i.name, &i.id) {
-            (Some(name), Some(id)) => format!("{name:?} (id {id})"),
-            (Some(name), None) => format!("{name:?}"),
-            (None, Some(id)) => format!("(id {id})"),
-            (None, None) => String::new(),
-        })
+        .map(ImageRef::describe)
         .collect();
     if known.is_empty() {
         p.source.clone()

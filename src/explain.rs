@@ -5,7 +5,8 @@
 use crate::identity::Identity;
 use crate::image::ImageEntry;
 use crate::plan::{
-    is_pe_image, pe_candidate, rootfs_candidate, Action, Kind, Outcome, Plan, Step, Trace, RULE_KEY,
+    describe_image, is_pe_image, pe_candidate, rootfs_candidate, Action, Kind, Outcome, Plan, Step,
+    Trace, RULE_KEY,
 };
 use crate::policy::Policy;
 use crate::s3path;
@@ -264,12 +265,7 @@ pub fn to_text(explanations: &[Explanation]) -> String {
         if i > 0 {
             out.push('\n');
         }
-        let who = match (&e.image_name, &e.image_id) {
-            (Some(name), Some(id)) => format!("{name:?} (id {id})"),
-            (Some(name), None) => format!("{name:?}"),
-            (None, Some(id)) => format!("(id {id})"),
-            (None, None) => "(record without id)".to_string(),
-        };
+        let who = describe_image(e.image_name.as_deref(), e.image_id.as_deref());
         let _ = writeln!(out, "{} image {who}", e.kind);
         for step in &e.steps {
             let outcome = match step.outcome {

@@ -231,7 +231,21 @@ impl Candidate {
     }
 }
 
+/// `"name" (id ID)`, as reports and logs name an image.
+pub fn describe_image(name: Option<&str>, id: Option<&str>) -> String {
+    match (name, id) {
+        (Some(name), Some(id)) => format!("{name:?} (id {id})"),
+        (Some(name), None) => format!("{name:?}"),
+        (None, Some(id)) => format!("(id {id})"),
+        (None, None) => "(record without id)".to_string(),
+    }
+}
+
 impl ImageRef {
+    pub fn describe(&self) -> String {
+        describe_image(self.name.as_deref(), self.id.as_deref())
+    }
+
     fn unknown() -> ImageRef {
         ImageRef {
             id: None,

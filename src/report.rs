@@ -3,7 +3,7 @@
 
 use crate::diff;
 use crate::error::Error;
-use crate::plan::{Action, Plan, Projection, Skipped};
+use crate::plan::{describe_image, Action, Plan, Projection, Skipped};
 use crate::skip::ReasonCode;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -181,12 +181,7 @@ impl Report {
         if !listed.is_empty() {
             let _ = writeln!(out, "Skipped:");
             for s in &listed {
-                let who = match (&s.image_name, &s.image_id) {
-                    (Some(name), Some(id)) => format!("{name:?} (id {id})"),
-                    (Some(name), None) => format!("{name:?}"),
-                    (None, Some(id)) => format!("(id {id})"),
-                    (None, None) => "(record without id)".to_string(),
-                };
+                let who = describe_image(s.image_name.as_deref(), s.image_id.as_deref());
                 let _ = writeln!(
                     out,
                     "  ! {:<6}  {who}: {}: {}",

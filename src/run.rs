@@ -237,12 +237,7 @@ fn check_safety(policy: &Policy, plan: &Plan, allow_removals: bool) -> Result<()
 /// simply not tagged at debug: a catalogue holds thousands), target changes at info.
 fn log_plan(plan: &Plan) {
     for skipped in &plan.skipped {
-        let who = match (&skipped.image.name, &skipped.image.id) {
-            (Some(name), Some(id)) => format!("{name:?} (id {id})"),
-            (Some(name), None) => format!("{name:?}"),
-            (None, Some(id)) => format!("(id {id})"),
-            (None, None) => "(record without id)".to_string(),
-        };
+        let who = skipped.image.describe();
         let line = format!(
             "skipped {} image {who}: {}",
             skipped.kind.as_str(),

@@ -163,16 +163,7 @@ impl Status {
                     lun.dev.as_deref().unwrap_or("")
                 )
             } else {
-                let images: Vec<String> = lun
-                    .images
-                    .iter()
-                    .map(|i| match (&i.name, &i.id) {
-                        (Some(n), Some(id)) => format!("{n:?} (id {id})"),
-                        (Some(n), None) => format!("{n:?}"),
-                        (None, Some(id)) => format!("(id {id})"),
-                        (None, None) => "?".to_string(),
-                    })
-                    .collect();
+                let images: Vec<String> = lun.images.iter().map(ImageRef::describe).collect();
                 let what = match (lun.kind, lun.next_run) {
                     (Some(kind), Some("remove")) => {
                         format!("{kind}, no longer in the catalogue: the next run removes it")
