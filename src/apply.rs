@@ -4,7 +4,8 @@
 //! even when parts failed, so nothing it says is taken on trust: its stderr is scanned for
 //! `, skipped` lines, and a `targetctl save` of the result must hold what was written.
 
-use crate::error::Error;
+use crate::error::{ApplyError, Error, FileError, ProcessError, TargetctlFailure};
+use crate::fsio::{create_parent_dir, parent_dir, write_atomic};
 use crate::lio::SaveConfig;
 use crate::policy::LioSettings;
 use flate2::read::GzDecoder;
@@ -27,12 +28,7 @@ impl Lock {
     /// records our pid in it. A lock held elsewhere is [`Error::LockBusy`].
     pub fn acquire(path: &Path, holder_hint: &str) -> Result<Lock, Error> {
         // A fresh host (or a new lock path in the policy) may not have the directory yet.
-        fs::create_dir_all(parent_dir(path)).map_err(|e| {
-            Error::Apply(format!(
-                "cannot create the directory of lock file {}: {e}",
-                path.display()
-            ))
-        })?;
+        create_parent_dir(path).map_err(ApplyError::File)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -40,7 +36,7 @@ impl Lock {
             .truncate(false)
             .mode(0o600)
             .open(path)
-            .map_err(|e| Error::Apply(format!("cannot open lock file {}: {e}", path.display())))?;
+            .map_err(|e| ApplyError::File(FileError::new("open lock file", path, e)))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -56,7 +52,7 @@ impl Lock {
                 });
             }
             Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::Apply(format!("cannot lock {}: {e}", path.display())))
+                return Err(ApplyError::File(FileError::new("lock", path, e)).into())
             }
         }
         // Best effort: the pid only helps the message of a run that finds the lock held.
@@ -69,61 +65,6 @@ impl Lock {
     }
 }
 
-/// Replaces `path` atomically: a sibling temp file (mode 0600), fsync, rename, fsync of the
-/// directory, as rtslib writes `saveconfig.json`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    write_atomic_mode(path, bytes, 0o600)
-}
-
-/// [`write_atomic`] with another file mode.
-pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} names no file", path.display()))?;
-    let temp = dir.join(format!(".{}.sbps-reconcile.tmp", name.to_string_lossy()));
-    let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", temp.display());
-    // A stale temp file may carry another mode; never write through it.
-    match fs::remove_file(&temp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail("remove stale", e)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temp)
-        .map_err(|e| fail("create", e))?;
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode)))
-        .and_then(|()| file.sync_all());
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(fail("write", e));
-    }
-    drop(file);
-    if let Err(e) = fs::rename(&temp, path) {
-        let _ = fs::remove_file(&temp);
-        return Err(format!(
-            "cannot rename {} to {}: {e}",
-            temp.display(),
-            path.display()
-        ));
-    }
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("cannot fsync directory {}: {e}", dir.display()))
-}
-
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    }
-}
-
 /// Backs up the current file as targetcli does: `<dir>/saveconfig-YYYYmmdd-HH:MM:SS-json.gz`,
 /// mode 0600, only when it differs from the newest backup, keeping the newest `keep`.
 /// Returns the new backup's path, if one was written.
@@ -132,8 +73,8 @@ pub fn backup(
     keep: usize,
     current: &[u8],
     stamp: &str,
-) -> Result<Option<PathBuf>, String> {
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+) -> Result<Option<PathBuf>, FileError> {
+    fs::create_dir_all(dir).map_err(|e| FileError::new("create", dir, e))?;
     let existing = list_backups(dir)?;
     if let Some(newest) = existing.last() {
         if read_backup(newest).is_some_and(|bytes| bytes == current) {
@@ -142,12 +83,10 @@ pub fn backup(
     }
     let path = dir.join(format!("saveconfig-{stamp}-json.gz"));
     let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder
-        .write_all(current)
-        .map_err(|e| format!("cannot compress backup: {e}"))?;
     let compressed = encoder
-        .finish()
-        .map_err(|e| format!("cannot compress backup: {e}"))?;
+        .write_all(current)
+        .and_then(|()| encoder.finish())
+        .map_err(|e| FileError::new("compress backup", &path, e))?;
     write_atomic(&path, &compressed)?;
     let mut all = list_backups(dir)?;
     let excess = all.len().saturating_sub(keep);
@@ -160,9 +99,9 @@ pub fn backup(
 }
 
 /// Backups by name, oldest first (the timestamp in the name sorts in time order).
-fn list_backups(dir: &Path) -> Result<Vec<PathBuf>, String> {
+fn list_backups(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .map_err(|e| FileError::new("list", dir, e))?
         .filter_map(Result::ok)
         .filter(|entry| {
             entry.file_name().to_str().is_some_and(|name| {
@@ -196,106 +135,109 @@ pub struct Targetctl {
 
 impl Targetctl {
     /// Fails before anything is touched when the program cannot be run at all.
-    pub fn preflight(&self) -> Result<(), Error> {
-        let meta = fs::metadata(&self.path).map_err(|e| {
-            Error::Apply(format!("cannot use targetctl {}: {e}", self.path.display()))
+    pub fn preflight(&self) -> Result<(), ApplyError> {
+        let meta = fs::metadata(&self.path).map_err(|source| ApplyError::TargetctlMissing {
+            path: self.path.clone(),
+            source,
         })?;
         if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-            return Err(Error::Apply(format!(
-                "targetctl {} is not an executable file",
-                self.path.display()
-            )));
+            return Err(ApplyError::TargetctlNotExecutable {
+                path: self.path.clone(),
+            });
         }
         Ok(())
     }
 
-    fn run(&self, args: &[&str], file: Option<&Path>) -> Result<Output, String> {
+    fn command(&self, args: &[&str], file: Option<&Path>) -> Command {
         let mut command = Command::new(&self.path);
         command.args(args);
         if let Some(file) = file {
             command.arg(file);
         }
+        command
+    }
+
+    fn run(&self, command: &mut Command) -> Result<Output, ProcessError> {
         log::debug!("running {:?}", command);
         command
             .stdin(std::process::Stdio::null())
             .output()
-            .map_err(|e| format!("could not start {}: {e}", self.path.display()))
+            .map_err(|source| ProcessError::Spawn {
+                command: crate::process::describe(command),
+                source,
+            })
     }
 
     /// `targetctl restore FILE`, with its silent failures turned into errors.
-    pub fn restore(&self, file: &Path) -> Result<(), String> {
-        let output = self.run(&["restore"], Some(file))?;
+    pub fn restore(&self, file: &Path) -> Result<(), ApplyError> {
+        let mut command = self.command(&["restore"], Some(file));
+        let output = self.run(&mut command)?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let mut problems: Vec<String> = stderr
-            .lines()
-            .filter(|line| line.trim_end().ends_with(", skipped"))
-            .map(str::to_owned)
-            .collect();
-        if stdout.contains("No saved config file") || stderr.contains("No saved config file") {
-            problems.push(format!("targetctl found no file at {}", file.display()));
-        }
-        if !output.status.success() {
-            problems.insert(
-                0,
-                format!(
-                    "exited with {}{}",
-                    output.status,
-                    first_line(&stderr).map_or(String::new(), |l| format!(": {l}"))
-                ),
-            );
-        }
         for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
             log::debug!("targetctl restore: {line}");
         }
-        if problems.is_empty() {
+        let failure = TargetctlFailure {
+            command: crate::process::describe(&command),
+            status: (!output.status.success()).then(|| output.status.to_string()),
+            stderr_first_line: first_line(&stderr),
+            skipped: stderr
+                .lines()
+                .filter(|line| line.trim_end().ends_with(", skipped"))
+                .map(str::to_owned)
+                .collect(),
+            no_file: (stdout.contains("No saved config file")
+                || stderr.contains("No saved config file"))
+            .then(|| file.to_owned()),
+        };
+        if failure.status.is_none() && failure.skipped.is_empty() && failure.no_file.is_none() {
             Ok(())
         } else {
-            Err(format!(
-                "`{} restore {}` failed: {}",
-                self.path.display(),
-                file.display(),
-                problems.join("; ")
-            ))
+            Err(failure.into())
         }
     }
 
     /// `targetctl save FILE`, read back and removed.
-    pub fn save_to_string(&self, file: &Path) -> Result<Vec<u8>, String> {
-        let output = self.run(&["save"], Some(file))?;
+    pub fn save_to_string(&self, file: &Path) -> Result<Vec<u8>, ApplyError> {
+        let mut command = self.command(&["save"], Some(file));
+        let output = self.run(&mut command)?;
         let result = if output.status.success() {
-            fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
+            fs::read(file).map_err(|e| FileError::new("read", file, e).into())
         } else {
-            Err(format!(
-                "`{} save {}` exited with {}{}",
-                self.path.display(),
-                file.display(),
-                output.status,
-                first_line(&String::from_utf8_lossy(&output.stderr))
-                    .map_or(String::new(), |l| format!(": {l}"))
-            ))
+            Err(Self::failed(&command, &output).into())
         };
         let _ = fs::remove_file(file);
         result
     }
 
     /// `targetctl clear`: the running configuration emptied.
-    pub fn clear(&self) -> Result<(), String> {
-        let output = self.run(&["clear"], None)?;
+    pub fn clear(&self) -> Result<(), ApplyError> {
+        let mut command = self.command(&["clear"], None);
+        let output = self.run(&mut command)?;
         if output.status.success() {
             Ok(())
         } else {
-            Err(format!(
-                "`{} clear` exited with {}",
-                self.path.display(),
-                output.status
-            ))
+            Err(Self::failed(&command, &output).into())
+        }
+    }
+
+    /// A command that exited with a failure status.
+    fn failed(command: &Command, output: &Output) -> TargetctlFailure {
+        TargetctlFailure {
+            command: crate::process::describe(command),
+            status: Some(output.status.to_string()),
+            stderr_first_line: first_line(&String::from_utf8_lossy(&output.stderr)),
+            skipped: Vec::new(),
+            no_file: None,
         }
     }
 }
 
-fn first_line(text: &str) -> Option<&str> {
-    text.lines().map(str::trim).find(|l| !l.is_empty())
+fn first_line(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
 }
 
 /// What an apply did.
@@ -320,9 +262,10 @@ pub fn apply(
         path: lio.targetctl.clone(),
     };
     targetctl.preflight()?;
+    let not_applied = |step| move |source| ApplyError::NotApplied { step, source };
     let backup = match previous {
         Some(bytes) => backup(&lio.backup_dir, lio.backups_kept, bytes, stamp)
-            .map_err(|e| Error::Apply(format!("backup failed, nothing applied: {e}")))?,
+            .map_err(not_applied("the backup"))?,
         None => None,
     };
     if let Some(path) = &backup {
@@ -333,18 +276,9 @@ pub fn apply(
         );
     }
     let live = &lio.saveconfig;
-    fs::create_dir_all(parent_dir(live)).map_err(|e| {
-        Error::Apply(format!(
-            "cannot create the directory of {}, nothing applied: {e}",
-            live.display()
-        ))
-    })?;
-    write_atomic(live, desired.to_canonical().as_bytes()).map_err(|e| {
-        Error::Apply(format!(
-            "cannot write {}, nothing applied: {e}",
-            live.display()
-        ))
-    })?;
+    create_parent_dir(live).map_err(not_applied("creating the directory"))?;
+    write_atomic(live, desired.to_canonical().as_bytes())
+        .map_err(not_applied("writing the configuration"))?;
 
     let outcome = targetctl.restore(live).and_then(|()| {
         let check = parent_dir(live).join(format!(
@@ -352,32 +286,33 @@ pub fn apply(
             std::process::id()
         ));
         let saved = targetctl.save_to_string(&check)?;
-        let saved = SaveConfig::parse(&saved)
-            .map_err(|e| format!("verify: `targetctl save` wrote an unreadable file: {e}"))?;
+        let saved = SaveConfig::parse(&saved).map_err(ApplyError::VerifyUnreadable)?;
         let differences = verify(&saved);
         if differences.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "verify: the running configuration differs from what was written: {}",
-                differences.join("; ")
-            ))
+            Err(ApplyError::Verify { differences })
         }
     });
     match outcome {
         Ok(()) => Ok(Applied { backup }),
         Err(error) => {
-            log::error!("{error}");
-            log::warn!("rolling back to the previous configuration");
+            log::warn!(
+                "{}; rolling back to the previous configuration",
+                crate::error::chain(&error)
+            );
             match rollback(&targetctl, live, previous) {
                 Ok(()) => Err(Error::RolledBack { error }),
-                Err(rollback) => Err(Error::RollbackFailed { error, rollback }),
+                Err(rollback) => Err(Error::RollbackFailed {
+                    error,
+                    rollback: Box::new(rollback),
+                }),
             }
         }
     }
 }
 
-fn rollback(targetctl: &Targetctl, live: &Path, previous: Option<&[u8]>) -> Result<(), String> {
+fn rollback(targetctl: &Targetctl, live: &Path, previous: Option<&[u8]>) -> Result<(), ApplyError> {
     match previous {
         Some(bytes) => {
             write_atomic(live, bytes)?;
@@ -388,7 +323,7 @@ fn rollback(targetctl: &Targetctl, live: &Path, previous: Option<&[u8]>) -> Resu
             match fs::remove_file(live) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("cannot remove {}: {e}", live.display())),
+                Err(e) => return Err(FileError::new("remove", live, e).into()),
             }
             targetctl.clear()
         }
@@ -398,25 +333,6 @@ fn rollback(targetctl: &Targetctl, live: &Path, previous: Option<&[u8]>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn atomic_write_replaces_with_mode_0600() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("saveconfig.json");
-        fs::write(&path, "old").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        write_atomic(&path, b"new\n").unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 1, "no temp file left: {names:?}");
-    }
 
     #[test]
     fn backups_skip_duplicates_and_keep_the_newest() {

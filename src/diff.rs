@@ -1,7 +1,7 @@
-//! What the plan changes, for people: one line per changed projection, and a unified diff of
-//! the canonical JSON.
+//! What the plan changes, for people: one line per projection, and a unified diff of the
+//! canonical JSON.
 
-use crate::plan::{Action, ImageRef, Plan, Projection};
+use crate::plan::{Action, ImageRef, Projection};
 use similar::{Algorithm, TextDiff};
 
 /// Unified diff (3 lines of context) between two canonical texts.
@@ -19,18 +19,6 @@ pub fn unified(current: &str, desired: &str) -> String {
         .context_radius(3)
         .header("current", "desired")
         .to_string()
-}
-
-/// One line per added, removed or updated projection, then one per target change.
-pub fn summary_lines(plan: &Plan) -> Vec<String> {
-    let mut lines: Vec<String> = plan
-        .projections
-        .iter()
-        .filter(|p| p.action != Action::Keep)
-        .map(projection_line)
-        .collect();
-    lines.extend(plan.target_changes.iter().map(|c| format!("~ target  {c}")));
-    lines
 }
 
 /// `+ add     LUN 3    rootfs  "cos-2.5" (id 8f2c..), 2097152 bytes, de4cc04e7dacfb9`
@@ -64,7 +52,7 @@ pub fn describe_images(p: &Projection) -> String {
     let known: Vec<String> = p
         .images
         .iter()
-        .filter(|i| i.id.is_some() || i.name.is_some())
+        .filter(|i| i.is_known())
         .map(ImageRef::describe)
         .collect();
     if known.is_empty() {

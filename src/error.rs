@@ -3,9 +3,14 @@
 //! Per-image problems are never errors: they are [`crate::skip::SkipReason`] values in the
 //! plan. An [`Error`] means the run as a whole could not go on (or was refused), and its
 //! [`ErrorKind`] alone decides the exit code, so `main` never reads message text.
+//!
+//! Variants keep their facts (paths, URLs, statuses, the command and its stderr) and their
+//! causes (`source()`); [`chain`] renders an error with its causes for the report, and the
+//! log prints one line per cause.
 
-use std::fmt;
+use crate::codes::named_enum;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The exit codes of the tool: a contract with systemd units, playbooks and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,32 +37,32 @@ impl Exit {
     }
 }
 
-/// What kind of failure ended the run. Each kind maps to exactly one exit code; several
-/// kinds share a code but keep their own name in logs and in the JSON report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    Usage,
-    Policy,
-    /// A source (IMS, S3, the mount) could not be read; the run changes nothing.
-    Source,
-    /// The current `saveconfig.json` cannot be read or understood; nothing is touched.
-    CurrentConfig,
-    /// A safety limit refused the plan.
-    Safety,
-    /// Another run (or targetcli) holds the lock.
-    LockBusy,
-    /// Apply failed before the live configuration was touched.
-    Apply,
-    /// Apply failed, and the previous configuration was restored.
-    RolledBack,
-    /// Apply failed, and restoring the previous configuration failed too.
-    RollbackFailed,
+named_enum! {
+    /// What kind of failure ended the run. Each kind maps to exactly one exit code; several
+    /// kinds share a code but keep their own name in logs, metrics and the JSON report.
+    pub enum ErrorKind {
+        /// The policy is missing or invalid.
+        Policy = "policy",
+        /// A source (IMS, S3, the mount) could not be read; nothing was touched.
+        Source = "source",
+        /// The current saveconfig.json cannot be read or understood; nothing was touched.
+        CurrentConfig = "current_config",
+        /// A safety limit refused the plan; nothing was touched.
+        Safety = "safety",
+        /// Another run, or an interactive targetcli, holds the lock.
+        LockBusy = "lock_busy",
+        /// The apply failed before the running configuration was touched.
+        Apply = "apply",
+        /// The apply failed, and the previous configuration was restored.
+        RolledBack = "rolled_back",
+        /// The apply failed, and restoring the previous configuration failed too.
+        RollbackFailed = "rollback_failed",
+    }
 }
 
 impl ErrorKind {
     pub fn exit(self) -> Exit {
         match self {
-            ErrorKind::Usage => Exit::Usage,
             ErrorKind::Policy => Exit::Config,
             ErrorKind::Safety => Exit::Refused,
             ErrorKind::LockBusy => Exit::LockBusy,
@@ -68,53 +73,57 @@ impl ErrorKind {
             | ErrorKind::RollbackFailed => Exit::Failure,
         }
     }
-
-    /// Stable machine name, used in the JSON report and in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Usage => "usage",
-            ErrorKind::Policy => "policy",
-            ErrorKind::Source => "source",
-            ErrorKind::CurrentConfig => "current_config",
-            ErrorKind::Safety => "safety",
-            ErrorKind::LockBusy => "lock_busy",
-            ErrorKind::Apply => "apply",
-            ErrorKind::RolledBack => "rolled_back",
-            ErrorKind::RollbackFailed => "rollback_failed",
-        }
-    }
 }
 
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Any error a source of ours wraps (reqwest, the AWS SDK), kept with its own causes.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A failure that ends the run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read policy {path}: {source}")]
+    #[error("cannot read policy {}", path.display())]
     PolicyRead {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("invalid policy {path}: {message}")]
+    #[error("invalid policy {}: {message}", path.display())]
     PolicyInvalid { path: PathBuf, message: String },
-    #[error("{0}")]
-    Source(String),
-    #[error("current configuration {path}: {message}")]
-    CurrentConfig { path: PathBuf, message: String },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("current configuration {}: {problem}; refusing to apply over it", path.display())]
+    CurrentConfig {
+        path: PathBuf,
+        problem: ConfigProblem,
+    },
+    #[error("cannot read the current configuration {}", path.display())]
+    CurrentConfigRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("refused: {0}")]
-    Safety(String),
-    #[error("lock {path} is held by another process ({holder}); try again later")]
+    Safety(#[from] Refusal),
+    #[error("lock {} is held by another process ({holder}); try again later", path.display())]
     LockBusy { path: PathBuf, holder: String },
-    #[error("{0}")]
-    Apply(String),
-    #[error("{error}; the previous configuration was restored")]
-    RolledBack { error: String },
-    #[error("{error}; restoring the previous configuration also failed: {rollback}; the live configuration may match neither")]
-    RollbackFailed { error: String, rollback: String },
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("the apply failed; the previous configuration was restored")]
+    RolledBack {
+        #[source]
+        error: ApplyError,
+    },
+    /// Two failures side by side (neither caused the other), so both are in the message.
+    #[error(
+        "{}; restoring the previous configuration also failed: {}; \
+         the running configuration may match neither",
+        chain(.error),
+        chain(.rollback.as_ref())
+    )]
+    RollbackFailed {
+        error: ApplyError,
+        rollback: Box<ApplyError>,
+    },
 }
 
 impl Error {
@@ -122,12 +131,344 @@ impl Error {
         match self {
             Error::PolicyRead { .. } | Error::PolicyInvalid { .. } => ErrorKind::Policy,
             Error::Source(_) => ErrorKind::Source,
-            Error::CurrentConfig { .. } => ErrorKind::CurrentConfig,
+            Error::CurrentConfig { .. } | Error::CurrentConfigRead { .. } => {
+                ErrorKind::CurrentConfig
+            }
             Error::Safety(_) => ErrorKind::Safety,
             Error::LockBusy { .. } => ErrorKind::LockBusy,
             Error::Apply(_) => ErrorKind::Apply,
             Error::RolledBack { .. } => ErrorKind::RolledBack,
             Error::RollbackFailed { .. } => ErrorKind::RollbackFailed,
         }
+    }
+}
+
+/// A file operation that failed: what was attempted, on which path, and the OS error.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}", path.display())]
+pub struct FileError {
+    /// A verb phrase: "read IMS file", "write", "rename ... to".
+    pub action: String,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    pub fn new(
+        action: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        FileError {
+            action: action.into(),
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Why a `saveconfig.json` cannot be edited safely.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("the file holds {0}, not a JSON object")]
+    NotAnObject(String),
+    #[error("\"{key}\" is {found}, not a list")]
+    NotAList { key: &'static str, found: String },
+}
+
+/// What a safety limit refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "the plan removes {removals} LUNs, above safety.max_removals {limit}; nothing was touched \
+         (check the catalogue and the mount, then rerun with --allow-removals if intended)"
+    )]
+    TooManyRemovals { removals: usize, limit: usize },
+}
+
+/// Why the IMS answer (a file, or the body of a response) is not a list of records.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerProblem {
+    #[error("the answer is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("the answer is {0}, not a JSON array of images")]
+    NotAnArray(String),
+}
+
+/// Why a program run with a time limit gave no output.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("could not start `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` gave no answer within {:.1} s; killed", timeout.as_secs_f64())]
+    TimedOut { command: String, timeout: Duration },
+    #[error("cannot wait for `{command}`")]
+    Wait {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A source (IMS, S3, the mount, credentials) could not be read: the run changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A file that was read but does not hold what it should.
+    #[error("{what} {} {problem}", path.display())]
+    FileContent {
+        what: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
+    #[error("IMS file {}", path.display())]
+    ImsFile {
+        path: PathBuf,
+        #[source]
+        problem: AnswerProblem,
+    },
+    #[error("image mount {} is not readable; refusing to plan against it", path.display())]
+    MountUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image mount {} is not a directory", path.display())]
+    MountNotADirectory { path: PathBuf },
+    #[error("more than {limit} entries under {}", path.display())]
+    TooManyEntries { path: PathBuf, limit: usize },
+    #[error("cannot fetch IMS images from {url}")]
+    ImsRequest {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("IMS {url} did not answer within {:.1} s (catalogue.ims.timeout)", timeout.as_secs_f64())]
+    ImsTimeout { url: String, timeout: Duration },
+    #[error("IMS {url} answered HTTP {status}{}: {excerpt}", if *refused { " (the credentials were refused)" } else { "" })]
+    ImsStatus {
+        url: String,
+        /// Code and reason, e.g. "401 Unauthorized".
+        status: String,
+        /// 401 or 403.
+        refused: bool,
+        /// The start of the body.
+        excerpt: String,
+    },
+    #[error("IMS answer from {url} is larger than {limit} bytes")]
+    ImsTooLarge { url: String, limit: usize },
+    #[error("IMS {url}")]
+    ImsAnswer {
+        url: String,
+        #[source]
+        problem: AnswerProblem,
+    },
+    #[error("cannot list bucket {bucket} (page {page})")]
+    S3List {
+        bucket: String,
+        page: usize,
+        #[source]
+        source: BoxError,
+    },
+    #[error("listing bucket {bucket} did not end within {pages} pages")]
+    S3ListEndless { bucket: String, pages: usize },
+    #[error("SPIRE agent {}", agent.display())]
+    SpireRun {
+        agent: PathBuf,
+        #[source]
+        source: ProcessError,
+    },
+    #[error("SPIRE agent {} failed ({status}): {stderr}", agent.display())]
+    SpireFailed {
+        agent: PathBuf,
+        status: String,
+        /// The first line the agent wrote on stderr.
+        stderr: String,
+    },
+    #[error("SPIRE agent {}: {problem}", agent.display())]
+    SpireAnswer {
+        agent: PathBuf,
+        problem: SvidProblem,
+    },
+    #[error("{what}: {problem}")]
+    Tls { what: &'static str, problem: String },
+    #[error("cannot start the I/O runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("this build has no live sources (IMS url, S3); rebuild with the `live` feature")]
+    NoLiveSources,
+}
+
+/// Why the SPIRE agent's output holds no usable SVID.
+#[derive(Debug, thiserror::Error)]
+pub enum SvidProblem {
+    #[error("its output is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("no SVID for an accepted SPIFFE ID (accepted: {accepted:?}; offered: {offered:?})")]
+    NoAcceptedId {
+        accepted: Vec<String>,
+        offered: Vec<String>,
+    },
+}
+
+/// The apply failed; what was attempted, with its facts.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot use targetctl {}", path.display())]
+    TargetctlMissing {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("targetctl {} is not an executable file", path.display())]
+    TargetctlNotExecutable { path: PathBuf },
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Targetctl(Box<TargetctlFailure>),
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A step before the running configuration was touched failed.
+    #[error("{step} failed, nothing applied")]
+    NotApplied {
+        step: &'static str,
+        #[source]
+        source: FileError,
+    },
+    #[error("verify: `targetctl save` wrote an unreadable file: {0}")]
+    VerifyUnreadable(ConfigProblem),
+    #[error(
+        "verify: the running configuration differs from what was written: {}",
+        differences.join("; ")
+    )]
+    Verify { differences: Vec<String> },
+}
+
+impl From<TargetctlFailure> for ApplyError {
+    fn from(failure: TargetctlFailure) -> ApplyError {
+        ApplyError::Targetctl(Box::new(failure))
+    }
+}
+
+/// `targetctl` ran and said it failed, or said so only in its output (`restore` exits 0
+/// even when it skipped objects).
+#[derive(Debug)]
+pub struct TargetctlFailure {
+    /// The command line, e.g. `/usr/bin/targetctl restore /etc/target/saveconfig.json`.
+    pub command: String,
+    /// The exit status, when it was not success.
+    pub status: Option<String>,
+    /// The first non-empty line of stderr.
+    pub stderr_first_line: Option<String>,
+    /// Lines ending in `, skipped`: objects rtslib could not load.
+    pub skipped: Vec<String>,
+    /// The file that `targetctl restore` did not find.
+    pub no_file: Option<PathBuf>,
+}
+
+impl std::fmt::Display for TargetctlFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut problems = Vec::new();
+        if let Some(status) = &self.status {
+            problems.push(match &self.stderr_first_line {
+                Some(line) => format!("exited with {status}: {line}"),
+                None => format!("exited with {status}"),
+            });
+        }
+        problems.extend(self.skipped.iter().cloned());
+        if let Some(file) = &self.no_file {
+            problems.push(format!("targetctl found no file at {}", file.display()));
+        }
+        write!(f, "`{}` failed: {}", self.command, problems.join("; "))
+    }
+}
+
+impl std::error::Error for TargetctlFailure {}
+
+/// An error and its causes on one line, `top: cause: cause`.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    for cause in cause_lines(error) {
+        text.push_str(": ");
+        text.push_str(&cause);
+    }
+    text
+}
+
+/// The causes of an error, nearest first. A cause whose text its parent's message already
+/// holds is left out (some libraries repeat their source in their own message).
+pub fn cause_lines(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut parent = error.to_string();
+    let mut lines = Vec::new();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !parent.contains(&text) {
+            lines.push(text.clone());
+        }
+        parent = text;
+        next = cause.source();
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_an_exit_code_and_a_name() {
+        for kind in ErrorKind::ALL {
+            assert_ne!(kind.exit(), Exit::Success, "{kind}");
+            assert!(!kind.description().is_empty(), "{kind}");
+        }
+        assert_eq!(ErrorKind::RollbackFailed.as_str(), "rollback_failed");
+    }
+
+    #[test]
+    fn the_chain_keeps_every_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let error = Error::Apply(ApplyError::NotApplied {
+            step: "backup",
+            source: FileError::new("create", "/etc/target/backup", io),
+        });
+        assert_eq!(
+            chain(&error),
+            "backup failed, nothing applied: cannot create /etc/target/backup: denied"
+        );
+        assert_eq!(
+            cause_lines(&error),
+            ["cannot create /etc/target/backup", "denied"]
+        );
+    }
+
+    #[test]
+    fn a_failed_rollback_names_both_failures() {
+        let failure = |status: &str| {
+            ApplyError::from(TargetctlFailure {
+                command: "targetctl restore /x".to_string(),
+                status: Some(status.to_string()),
+                stderr_first_line: None,
+                skipped: vec!["Could not create StorageObject a, skipped".to_string()],
+                no_file: None,
+            })
+        };
+        let error = Error::RollbackFailed {
+            error: failure("exit status: 1"),
+            rollback: Box::new(failure("exit status: 1")),
+        };
+        // The same failure twice is still said twice.
+        let text = chain(&error);
+        assert_eq!(text.matches("exit status: 1").count(), 2, "{text}");
+        assert_eq!(error.kind().exit(), Exit::Failure);
     }
 }

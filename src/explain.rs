@@ -4,19 +4,18 @@
 
 use crate::identity::Identity;
 use crate::image::ImageEntry;
-use crate::plan::{
-    describe_image, is_pe_image, pe_candidate, rootfs_candidate, Action, Kind, Outcome, Plan, Step,
-    Trace, RULE_KEY,
+use crate::plan::rules::{
+    is_pe_image, pe_candidate, rootfs_candidate, RuleOutcome, Step, Trace, RULE_KEY,
 };
+use crate::plan::{Action, ImageRef, Kind, Plan};
 use crate::policy::Policy;
-use crate::s3path;
-use crate::snapshot::{ManifestRead, Snapshot};
+use crate::snapshot::Snapshot;
 use serde::Serialize;
 use std::fmt::Write as _;
 
 #[derive(Debug, Serialize)]
 pub struct Explanation {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub image_id: Option<String>,
     pub image_name: Option<String>,
     pub steps: Vec<Step>,
@@ -25,7 +24,7 @@ pub struct Explanation {
     pub projected: bool,
     pub lun: Option<u32>,
     /// What the next run does with it: add, keep, update, remove.
-    pub action: Option<&'static str>,
+    pub action: Option<Action>,
     pub verdict: String,
 }
 
@@ -62,7 +61,7 @@ pub fn explain(policy: &Policy, snapshot: &Snapshot, plan: &Plan, query: &str) -
     for object in snapshot.pe_objects.iter().filter(|o| o.key == key) {
         let mut trace = Trace::default();
         let mut explanation = Explanation {
-            kind: Kind::Pe.as_str(),
+            kind: Kind::Pe,
             image_id: None,
             image_name: Some(object.key.clone()),
             steps: Vec::new(),
@@ -75,7 +74,7 @@ pub fn explain(policy: &Policy, snapshot: &Snapshot, plan: &Plan, query: &str) -
         if !is_pe_image(object) {
             explanation.steps.push(Step {
                 rule: RULE_KEY,
-                outcome: Outcome::Fail,
+                outcome: RuleOutcome::Fail,
                 detail: "a folder marker or an empty object is not an image".to_string(),
             });
             explanation.verdict = "not an image".to_string();
@@ -99,12 +98,12 @@ pub fn explain(policy: &Policy, snapshot: &Snapshot, plan: &Plan, query: &str) -
             .any(|p| key.starts_with(p.as_str()))
     {
         found.push(Explanation {
-            kind: Kind::Pe.as_str(),
+            kind: Kind::Pe,
             image_id: None,
             image_name: Some(key.to_string()),
             steps: vec![Step {
                 rule: RULE_KEY,
-                outcome: Outcome::Fail,
+                outcome: RuleOutcome::Fail,
                 detail: format!("no object {key} under the PE prefixes"),
             }],
             identity: Some(IdentityReport::from(&Identity::pe(&catalogue.bucket, key))),
@@ -127,19 +126,11 @@ fn matches_image(
     match entry {
         ImageEntry::Invalid { id, .. } => id.as_deref() == Some(query),
         ImageEntry::Valid(record) => {
-            if record.id == query || record.name == query {
-                return true;
-            }
-            let Some(manifest_key) = record
-                .link_path
-                .as_deref()
-                .and_then(|link| s3path::key_in_bucket(link, bucket).ok())
-            else {
-                return false;
-            };
-            manifest_key == key
-                || matches!(snapshot.manifests.get(manifest_key),
-                    Some(ManifestRead::Rootfs(a)) if s3path::key_in_bucket(&a.path, bucket) == Ok(key))
+            let trail = snapshot.trail(record, bucket);
+            record.id == query
+                || record.name == query
+                || trail.manifest_key() == Some(key)
+                || trail.rootfs_key() == Some(key)
         }
     }
 }
@@ -158,7 +149,7 @@ fn explain_rootfs(
         ImageEntry::Invalid { id, name, .. } => (id.clone(), name.clone()),
     };
     let mut explanation = Explanation {
-        kind: Kind::Rootfs.as_str(),
+        kind: Kind::Rootfs,
         image_id,
         image_name,
         steps: trace.0,
@@ -173,14 +164,10 @@ fn explain_rootfs(
         Err(skipped) => {
             // The identity it would have, when the manifest got that far.
             let would = match entry {
-                ImageEntry::Valid(record) => record
-                    .link_path
-                    .as_deref()
-                    .and_then(|link| s3path::key_in_bucket(link, &catalogue.bucket).ok())
-                    .and_then(|key| match snapshot.manifests.get(key) {
-                        Some(ManifestRead::Rootfs(a)) => Some(Identity::rootfs(&a.path, &a.etag)),
-                        _ => None,
-                    }),
+                ImageEntry::Valid(record) => snapshot
+                    .trail(record, &catalogue.bucket)
+                    .artifact()
+                    .map(|a| Identity::rootfs(&a.path, &a.etag)),
                 ImageEntry::Invalid { .. } => None,
             };
             match would {
@@ -230,12 +217,12 @@ fn conclude(
             };
             explanation.steps.push(Step {
                 rule: "LUN",
-                outcome: Outcome::Pass,
+                outcome: RuleOutcome::Pass,
                 detail: what.clone(),
             });
             explanation.projected = true;
             explanation.lun = p.lun;
-            explanation.action = Some(p.action.as_str());
+            explanation.action = Some(p.action);
             explanation.verdict = what;
         }
         _ => {
@@ -251,7 +238,7 @@ fn conclude(
                 .unwrap_or_else(|| "not placed".to_string());
             explanation.steps.push(Step {
                 rule: "LUN",
-                outcome: Outcome::Fail,
+                outcome: RuleOutcome::Fail,
                 detail: reason.clone(),
             });
             explanation.verdict = format!("skipped: {reason}");
@@ -265,13 +252,17 @@ pub fn to_text(explanations: &[Explanation]) -> String {
         if i > 0 {
             out.push('\n');
         }
-        let who = describe_image(e.image_name.as_deref(), e.image_id.as_deref());
+        let who = ImageRef {
+            id: e.image_id.clone(),
+            name: e.image_name.clone(),
+        }
+        .describe();
         let _ = writeln!(out, "{} image {who}", e.kind);
         for step in &e.steps {
             let outcome = match step.outcome {
-                Outcome::Pass => "pass",
-                Outcome::Fail => "FAIL",
-                Outcome::NotChecked => "not checked",
+                RuleOutcome::Pass => "pass",
+                RuleOutcome::Fail => "FAIL",
+                RuleOutcome::NotChecked => "not checked",
             };
             let _ = writeln!(out, "  {outcome:<11}  {:<11}  {}", step.rule, step.detail);
         }

@@ -5,9 +5,22 @@
 //! `{"key": .., "value": ..}` form. Each record is parsed on its own so that one odd record
 //! is one skipped image, never a failed pass.
 
+use crate::describe::json_value as describe;
+use crate::error::AnswerProblem;
+use crate::s3path::{self, KeyProblem};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+
+/// The IMS answer (`GET /v3/images`, or a saved copy of it) must be a JSON array; its
+/// elements are parsed one by one by [`parse_record`].
+pub fn parse_answer(bytes: &[u8]) -> Result<Vec<Value>, AnswerProblem> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Array(records)) => Ok(records),
+        Ok(other) => Err(AnswerProblem::NotAnArray(describe(&other))),
+        Err(e) => Err(AnswerProblem::NotJson(e)),
+    }
+}
 
 /// One entry of the IMS answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +46,15 @@ pub struct ImageRecord {
     pub link_path: Option<String>,
     #[serde(default)]
     pub metadata: Metadata,
+}
+
+impl ImageRecord {
+    /// The key of the image's manifest in `bucket`: the first step from an image to its
+    /// rootfs file (the rest is [`crate::snapshot::Snapshot::trail`]). `None` without a link.
+    pub fn manifest_key(&self, bucket: &str) -> Option<Result<&str, KeyProblem>> {
+        let link = self.link_path.as_deref()?;
+        Some(s3path::key_in_bucket(link, bucket))
+    }
 }
 
 /// The record's `metadata`, as found.
@@ -110,18 +132,6 @@ pub fn parse_record(value: &Value) -> ImageEntry {
         link_path,
         metadata,
     })
-}
-
-/// A short description of a JSON value for messages ("null", "a list", "the number 3").
-pub fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".to_string(),
-        Value::Bool(b) => format!("the boolean {b}"),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Array(_) => "a list".to_string(),
-        Value::Object(_) => "an object".to_string(),
-    }
 }
 
 /// What to do with records that have no `metadata` key at all.

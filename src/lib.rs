@@ -3,11 +3,16 @@
 //! The pipeline, one module per step:
 //! policy -> sources -> snapshot -> plan -> diff -> apply -> report.
 
+#![forbid(unsafe_code)]
+
 pub mod apply;
 pub mod cli;
+mod codes;
+pub mod describe;
 pub mod diff;
 pub mod error;
 pub mod explain;
+pub mod fsio;
 pub mod identity;
 pub mod image;
 pub mod lio;
@@ -17,6 +22,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod plan;
 pub mod policy;
+pub mod process;
 pub mod progress;
 pub mod report;
 pub mod run;

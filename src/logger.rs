@@ -65,3 +65,12 @@ pub fn init(level: LevelFilter) {
         log::set_max_level(level);
     }
 }
+
+/// Logs an error that ends a run: its message, then one line per cause (as zincati does), so
+/// that the journal shows what failed and why, nearest cause first.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) {
+    log::error!("{error}");
+    for cause in crate::error::cause_lines(error) {
+        log::error!("  caused by: {cause}");
+    }
+}

@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 use sbps_reconcile::cli::Cli;
 use sbps_reconcile::error::Exit;
 use sbps_reconcile::{logger, run};
@@ -16,5 +18,5 @@ fn main() -> ExitCode {
         }
     };
     logger::init(cli.log_level());
-    ExitCode::from(run::main(&cli).code())
+    ExitCode::from(run::execute(&cli).code())
 }

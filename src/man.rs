@@ -3,9 +3,11 @@
 //! `man/sbps-reconcile.8` is this output, and a test keeps it so.
 
 use crate::cli::Cli;
+use crate::error::ErrorKind;
+use crate::skip::ReasonCode;
 use clap::CommandFactory;
 
-const SECTIONS: &str = r#".SH "EXIT STATUS"
+const EXIT_STATUS: &str = r#".SH "EXIT STATUS"
 .TP
 .B 0
 Success, with or without changes (unless \fB\-\-detailed\-exitcode\fR). Skipped images are not failures.
@@ -27,7 +29,9 @@ Another run, or an interactive targetcli, holds the lock.
 .TP
 .B 78
 The policy is missing or invalid.
-.SH ENVIRONMENT
+"#;
+
+const SECTIONS: &str = r#".SH ENVIRONMENT
 .TP
 .B SBPS_RECONCILE_POLICY
 Policy file, when \fB\-\-policy\fR is not given.
@@ -111,8 +115,38 @@ pub fn page() -> String {
     if rendered.is_err() {
         return String::new();
     }
-    out.extend_from_slice(SECTIONS.as_bytes());
-    String::from_utf8(out).unwrap_or_default()
+    let mut page = String::from_utf8(out).unwrap_or_default();
+    page.push_str(EXIT_STATUS);
+    page.push_str(&codes_section(
+        "ERROR KINDS",
+        r"A run that fails says which kind of failure ended it (the JSON report's \fBerror.kind\fR, the \fBkind\fR label of \fBsbps_reconcile_failures_total\fR):",
+        ErrorKind::ALL.iter().map(|k| (k.as_str(), k.description())),
+    ));
+    page.push_str(&codes_section(
+        "SKIP REASONS",
+        r"An image that cannot be projected is skipped with one of these codes (the JSON report's \fBreason_code\fR, the \fBreason\fR label of \fBsbps_reconcile_skipped_images\fR), and the run goes on with everything else:",
+        ReasonCode::ALL.iter().map(|r| (r.as_str(), r.description())),
+    ));
+    page.push_str(SECTIONS);
+    page
+}
+
+/// A section listing machine names and what each means, from the enum's own list.
+fn codes_section<'a>(
+    title: &str,
+    intro: &str,
+    codes: impl Iterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut out = format!(".SH \"{title}\"\n{intro}\n");
+    for (code, description) in codes {
+        out.push_str(&format!(".TP\n.B {code}\n{}\n", roff_text(description)));
+    }
+    out
+}
+
+/// Text as roff prints it literally: backslashes and hyphens escaped.
+fn roff_text(text: &str) -> String {
+    text.replace('\\', "\\e").replace('-', "\\-")
 }
 
 /// A completion script for `shell`.

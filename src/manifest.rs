@@ -4,7 +4,8 @@
 //! where strings belong, not JSON at all); the old agent crashed on one of them and stopped
 //! nodes from booting. Here every way a manifest can be wrong is a [`SkipReason`].
 
-use crate::image::describe;
+use crate::describe::json_value as describe;
+use crate::s3path::{self, KeyProblem};
 use crate::skip::{ReasonCode, SkipReason};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -19,6 +20,13 @@ pub struct RootfsArtifact {
     pub path: String,
     /// `link.etag`, unquoted as manifests store it.
     pub etag: String,
+}
+
+impl RootfsArtifact {
+    /// The rootfs file's object key in `bucket`.
+    pub fn key(&self, bucket: &str) -> Result<&str, KeyProblem> {
+        s3path::key_in_bucket(&self.path, bucket)
+    }
 }
 
 /// Parses manifest bytes into its single rootfs artifact.

@@ -3,6 +3,7 @@
 //! previous file, so the tool stays stateless: deleting the file only resets them.
 
 use crate::error::ErrorKind;
+use crate::plan::{Action, Kind, Plan};
 use crate::skip::ReasonCode;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,42 +16,38 @@ pub struct RunMetrics {
     pub duration_seconds: f64,
     /// The failure, if the run failed (a refusal by a safety limit counts as one).
     pub failure: Option<ErrorKind>,
-    /// Projections in place after the run (or planned, on a dry run), by kind.
-    pub projections: Option<BTreeMap<&'static str, usize>>,
-    /// Skipped images by reason code, when the run got as far as a plan.
-    pub skipped: Option<BTreeMap<ReasonCode, usize>>,
-    /// Changes applied by this run, by action (empty unless it applied).
-    pub applied: BTreeMap<&'static str, usize>,
+    /// The plan's figures, when the run got as far as a plan.
+    pub plan: Option<PlanFigures>,
+    /// Whether the plan was applied (its changes count as applied).
+    pub applied: bool,
 }
 
-const ALL_KINDS: [ErrorKind; 9] = [
-    ErrorKind::Usage,
-    ErrorKind::Policy,
-    ErrorKind::Source,
-    ErrorKind::CurrentConfig,
-    ErrorKind::Safety,
-    ErrorKind::LockBusy,
-    ErrorKind::Apply,
-    ErrorKind::RolledBack,
-    ErrorKind::RollbackFailed,
-];
+/// What a plan holds, counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanFigures {
+    /// Projections in place after the plan, by kind.
+    pub projections: BTreeMap<Kind, usize>,
+    /// Skipped images by reason code.
+    pub skipped: BTreeMap<ReasonCode, usize>,
+    /// Projections by action.
+    pub actions: BTreeMap<Action, usize>,
+}
 
-const ALL_REASONS: [ReasonCode; 14] = [
-    ReasonCode::NoLink,
-    ReasonCode::NotTagged,
-    ReasonCode::ManifestUnreadable,
-    ReasonCode::ManifestInvalid,
-    ReasonCode::NoRootfsArtifact,
-    ReasonCode::MissingEtag,
-    ReasonCode::S3ObjectMissing,
-    ReasonCode::EtagMismatch,
-    ReasonCode::NotInMount,
-    ReasonCode::SizeMismatch,
-    ReasonCode::InvalidKey,
-    ReasonCode::NoFreeLun,
-    ReasonCode::RecordInvalid,
-    ReasonCode::NameConflict,
-];
+impl PlanFigures {
+    pub fn of(plan: &Plan) -> PlanFigures {
+        let mut figures = PlanFigures::default();
+        for p in &plan.projections {
+            *figures.actions.entry(p.action).or_default() += 1;
+            if p.action != Action::Remove {
+                *figures.projections.entry(p.kind).or_default() += 1;
+            }
+        }
+        for s in &plan.skipped {
+            *figures.skipped.entry(s.reason.code).or_default() += 1;
+        }
+        figures
+    }
+}
 
 /// Samples of a previous file: `name{labels}` to value. Lines that do not parse are ignored.
 fn parse_previous(text: &str) -> BTreeMap<String, f64> {
@@ -112,9 +109,8 @@ pub fn render(previous: &str, run: &RunMetrics) -> String {
         "Runs, since the metrics file was created.",
         vec![(String::new(), carried("sbps_reconcile_runs_total") + 1.0)],
     );
-    let failures = ALL_KINDS
+    let failures = ErrorKind::ALL
         .iter()
-        .filter(|kind| kind.exit() != crate::error::Exit::Usage)
         .map(|kind| {
             let labels = format!("{{kind=\"{}\"}}", kind.as_str());
             let before = carried(&format!("sbps_reconcile_failures_total{labels}"));
@@ -128,13 +124,17 @@ pub fn render(previous: &str, run: &RunMetrics) -> String {
         "Failed or refused runs by kind.",
         failures,
     );
-    let applied = ["add", "remove", "update"]
+    // The actions that change something, in the order the file has always listed them.
+    let applied = [Action::Add, Action::Remove, Action::Update]
         .iter()
         .map(|action| {
             let labels = format!("{{action=\"{action}\"}}");
             let before = carried(&format!("sbps_reconcile_changes_applied_total{labels}"));
-            let add = run.applied.get(action).copied().unwrap_or(0) as f64;
-            (labels, before + add)
+            let add = match &run.plan {
+                Some(plan) if run.applied => plan.actions.get(action).copied().unwrap_or(0),
+                _ => 0,
+            };
+            (labels, before + add as f64)
         })
         .collect();
     metric(
@@ -143,30 +143,28 @@ pub fn render(previous: &str, run: &RunMetrics) -> String {
         "Projections added, removed or updated by applied runs.",
         applied,
     );
-    if let Some(projections) = &run.projections {
+    if let Some(plan) = &run.plan {
         metric(
             "projections",
             "gauge",
             "Projected images (LUNs managed by the tool) by kind, as of the last plan.",
-            ["rootfs", "pe"]
+            Kind::ALL
                 .iter()
                 .map(|kind| {
-                    let count = projections.get(kind).copied().unwrap_or(0) as f64;
+                    let count = plan.projections.get(kind).copied().unwrap_or(0) as f64;
                     (format!("{{kind=\"{kind}\"}}"), count)
                 })
                 .collect(),
         );
-    }
-    if let Some(skipped) = &run.skipped {
         metric(
             "skipped_images",
             "gauge",
             "Images not projected in the last plan, by reason code.",
-            ALL_REASONS
+            ReasonCode::ALL
                 .iter()
                 .map(|code| {
-                    let count = skipped.get(code).copied().unwrap_or(0) as f64;
-                    (format!("{{reason=\"{}\"}}", code.as_str()), count)
+                    let count = plan.skipped.get(code).copied().unwrap_or(0) as f64;
+                    (format!("{{reason=\"{code}\"}}"), count)
                 })
                 .collect(),
         );
@@ -183,9 +181,9 @@ fn number(value: f64) -> String {
 }
 
 /// Writes the metrics file atomically, readable by node_exporter (mode 0644).
-pub fn write(path: &std::path::Path, run: &RunMetrics) -> Result<(), String> {
+pub fn write(path: &std::path::Path, run: &RunMetrics) -> Result<(), crate::error::FileError> {
     let previous = std::fs::read_to_string(path).unwrap_or_default();
-    crate::apply::write_atomic_mode(path, render(&previous, run).as_bytes(), 0o644)
+    crate::fsio::write_atomic_mode(path, render(&previous, run).as_bytes(), 0o644)
 }
 
 #[cfg(test)]
@@ -197,9 +195,12 @@ mod tests {
             end_unix: 1_700_000_000.0,
             duration_seconds: 1.25,
             failure,
-            projections: Some([("rootfs", 3), ("pe", 2)].into()),
-            skipped: Some([(ReasonCode::MissingEtag, 1)].into()),
-            applied: [("add", 2)].into(),
+            plan: Some(PlanFigures {
+                projections: [(Kind::Rootfs, 3), (Kind::Pe, 2)].into(),
+                skipped: [(ReasonCode::MissingEtag, 1)].into(),
+                actions: [(Action::Add, 2), (Action::Keep, 3)].into(),
+            }),
+            applied: true,
         }
     }
 
@@ -213,7 +214,7 @@ mod tests {
         assert!(first.contains("sbps_reconcile_projections{kind=\"pe\"} 2\n"));
         let mut failed = run(Some(ErrorKind::Source));
         failed.end_unix = 1_700_000_180.0;
-        failed.applied.clear();
+        failed.applied = false;
         let second = render(&first, &failed);
         assert!(second.contains("sbps_reconcile_runs_total 2\n"));
         assert!(second.contains("sbps_reconcile_last_run_success 0\n"));

@@ -465,6 +465,15 @@ impl Catalogue {
     pub fn url_for_key(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }
+
+    /// `live` when objects come from S3, `offline` when the mount stands in for the bucket.
+    pub fn mode(&self) -> &'static str {
+        if self.s3.is_some() {
+            "live"
+        } else {
+            "offline"
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -1,10 +1,15 @@
 //! The run's report: text for people, one JSON document for programs. The JSON fields are a
-//! contract (playbooks and tests read them): extend, never rename.
+//! contract (playbooks and tests read them): extend, never rename. The plan's own types
+//! (`Projection`, `Skipped`) serialize to the contract's shape, so the report holds them as
+//! they are.
 
 use crate::diff;
-use crate::error::Error;
-use crate::plan::{describe_image, Action, Plan, Projection, Skipped};
+use crate::error::{self, Error, ErrorKind};
+use crate::lio::SaveConfig;
+use crate::plan::{Action, Plan, Projection, Skipped};
+use crate::policy::Policy;
 use crate::skip::ReasonCode;
+use crate::snapshot::Snapshot;
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -19,12 +24,12 @@ pub struct Report {
     pub applied: bool,
     pub target: Option<String>,
     /// `offline` or `live`.
-    pub mode: Option<String>,
+    pub mode: Option<&'static str>,
     /// Whether S3 ETags were checked against the manifests (rule 3).
     pub etag_verified: bool,
     pub summary: Summary,
-    pub projections: Vec<ProjectionReport>,
-    pub skipped: Vec<SkippedReport>,
+    pub projections: Vec<Projection>,
+    pub skipped: Vec<Skipped>,
     pub target_changes: Vec<String>,
     pub lun_removals: usize,
     pub backup: Option<String>,
@@ -43,47 +48,9 @@ pub struct Summary {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ProjectionReport {
-    pub kind: &'static str,
-    pub image_id: Option<String>,
-    pub image_name: Option<String>,
-    /// Every image served, when several IMS images share one rootfs.
-    pub images: Vec<ImageReport>,
-    pub source: String,
-    pub etag: Option<String>,
-    pub name: String,
-    pub wwn: String,
-    pub dev: String,
-    pub size: u64,
-    pub lun: Option<u32>,
-    pub action: &'static str,
-    pub changes: Vec<String>,
-    /// The summary line for the text report.
-    #[serde(skip)]
-    pub line: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ImageReport {
-    pub id: Option<String>,
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SkippedReport {
-    pub kind: &'static str,
-    pub image_id: Option<String>,
-    pub image_name: Option<String>,
-    pub source: Option<String>,
-    pub reason_code: &'static str,
-    pub reason: String,
-    #[serde(skip)]
-    pub code: Option<ReasonCode>,
-}
-
-#[derive(Debug, Serialize)]
 pub struct ErrorReport {
-    pub kind: &'static str,
+    pub kind: ErrorKind,
+    /// The error with its causes, on one line.
     pub message: String,
 }
 
@@ -110,28 +77,46 @@ impl Report {
         }
     }
 
-    /// The plan's part of the report.
-    pub fn set_plan(&mut self, plan: &Plan, target: &str, diff: String) {
-        self.target = Some(target.to_string());
-        self.changed = plan.changed;
-        self.summary = Summary {
+    /// The report of a plan, as a run prints it before it applies anything: where the
+    /// catalogue came from, what changes and why images are skipped, and the diff from the
+    /// current configuration.
+    pub fn of_plan(
+        policy: &Policy,
+        snapshot: &Snapshot,
+        current: &SaveConfig,
+        plan: &Plan,
+        dry_run: bool,
+    ) -> Report {
+        let mut report = Report::empty(dry_run);
+        report.mode = Some(policy.catalogue.mode());
+        report.etag_verified = snapshot.verifies_etags();
+        if !snapshot.verifies_etags() {
+            report.notes.push(
+                "offline catalogue: S3 ETags were not checked; manifest etags are trusted"
+                    .to_string(),
+            );
+        }
+        report.target = Some(policy.target.iqn.clone());
+        report.changed = plan.changed;
+        report.summary = Summary {
             add: plan.count(Action::Add),
             remove: plan.count(Action::Remove),
             keep: plan.count(Action::Keep),
             update: plan.count(Action::Update),
             skipped: plan.skipped.len(),
         };
-        self.projections = plan.projections.iter().map(projection_report).collect();
-        self.skipped = plan.skipped.iter().map(skipped_report).collect();
-        self.target_changes = plan.target_changes.clone();
-        self.lun_removals = plan.lun_removals;
-        self.diff = diff;
+        report.projections = plan.projections.clone();
+        report.skipped = plan.skipped.clone();
+        report.target_changes = plan.target_changes.clone();
+        report.lun_removals = plan.lun_removals;
+        report.diff = diff::unified(&current.to_canonical(), &plan.desired.to_canonical());
+        report
     }
 
     pub fn set_error(&mut self, error: &Error) {
         self.error = Some(ErrorReport {
-            kind: error.kind().as_str(),
-            message: error.to_string(),
+            kind: error.kind(),
+            message: error::chain(error),
         });
     }
 
@@ -157,8 +142,8 @@ impl Report {
         let changes: Vec<String> = self
             .projections
             .iter()
-            .filter(|p| p.action != "keep")
-            .map(|p| p.line.clone())
+            .filter(|p| p.action != Action::Keep)
+            .map(diff::projection_line)
             .chain(self.target_changes.iter().map(|c| format!("~ target  {c}")))
             .collect();
         if !changes.is_empty() {
@@ -174,18 +159,20 @@ impl Report {
                 let _ = writeln!(out, "  {line}");
             }
         }
-        let (untagged, listed): (Vec<&SkippedReport>, Vec<&SkippedReport>) = self
+        let (untagged, listed): (Vec<&Skipped>, Vec<&Skipped>) = self
             .skipped
             .iter()
-            .partition(|s| s.reason_code == ReasonCode::NotTagged.as_str());
+            .partition(|s| s.reason.code == ReasonCode::NotTagged);
         if !listed.is_empty() {
             let _ = writeln!(out, "Skipped:");
             for s in &listed {
-                let who = describe_image(s.image_name.as_deref(), s.image_id.as_deref());
                 let _ = writeln!(
                     out,
-                    "  ! {:<6}  {who}: {}: {}",
-                    s.kind, s.reason_code, s.reason
+                    "  ! {:<6}  {}: {}: {}",
+                    s.kind.as_str(),
+                    s.image.describe(),
+                    s.reason.code,
+                    s.reason.detail
                 );
             }
         }
@@ -214,44 +201,5 @@ impl Report {
             out.push_str(&self.diff);
         }
         out
-    }
-}
-
-fn projection_report(p: &Projection) -> ProjectionReport {
-    let first = p.images.first();
-    ProjectionReport {
-        kind: p.kind.as_str(),
-        image_id: first.and_then(|i| i.id.clone()),
-        image_name: first.and_then(|i| i.name.clone()),
-        images: p
-            .images
-            .iter()
-            .map(|i| ImageReport {
-                id: i.id.clone(),
-                name: i.name.clone(),
-            })
-            .collect(),
-        source: p.source.clone(),
-        etag: p.etag.clone(),
-        name: p.name.clone(),
-        wwn: p.wwn.clone(),
-        dev: p.dev.clone(),
-        size: p.size,
-        lun: p.lun,
-        action: p.action.as_str(),
-        changes: p.changes.clone(),
-        line: diff::projection_line(p),
-    }
-}
-
-fn skipped_report(s: &Skipped) -> SkippedReport {
-    SkippedReport {
-        kind: s.kind.as_str(),
-        image_id: s.image.id.clone(),
-        image_name: s.image.name.clone(),
-        source: s.source.clone(),
-        reason_code: s.reason.code.as_str(),
-        reason: s.reason.detail.clone(),
-        code: Some(s.reason.code),
     }
 }

@@ -1,25 +1,35 @@
-//! The imperative shell: one reconcile run end to end, and the `status` and `explain`
-//! commands, around the pure planner.
-//!
+//! The imperative shell: the command a command line asks for, around the pure planner.
+//! [`execute`] is the one entry point; a reconcile run goes
 //! policy -> sources -> snapshot -> plan -> diff -> apply -> report.
 
 use crate::apply::{self, Lock};
 use crate::cli::{Cli, Command, Output};
 use crate::diff;
-use crate::error::{Error, ErrorKind, Exit};
+use crate::error::{Error, ErrorKind, Exit, Refusal};
 use crate::lio::managed::ManagedView;
 use crate::lio::SaveConfig;
-use crate::metrics::RunMetrics;
+use crate::logger;
+use crate::metrics::{PlanFigures, RunMetrics};
 use crate::plan::{self, Action, Plan};
 use crate::policy::{HostFacts, Policy};
 use crate::report::Report;
 use crate::skip::ReasonCode;
 use crate::snapshot::Snapshot;
 use crate::{explain, man, sources, status};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Runs what the command line asks for and returns the exit status.
+pub fn execute(cli: &Cli) -> Exit {
+    match &cli.command {
+        None => reconcile_command(cli),
+        Some(Command::Status) => status_command(cli),
+        Some(Command::Explain { image }) => explain_command(cli, image),
+        Some(Command::Completions { shell }) => write_stdout(&man::completions(*shell)),
+        Some(Command::Man) => write_stdout(&man::page()),
+    }
+}
 
 /// The current `saveconfig.json`: its bytes (to back up and restore) and its parsed form.
 #[derive(Debug, Clone)]
@@ -32,14 +42,12 @@ pub struct CurrentFile {
 impl CurrentFile {
     /// A missing file is an empty configuration; an empty or unreadable one is an error.
     pub fn read(path: &Path) -> Result<CurrentFile, Error> {
-        let invalid = |message: String| Error::CurrentConfig {
-            path: path.to_owned(),
-            message,
-        };
         match std::fs::read(path) {
             Ok(bytes) => {
-                let config = SaveConfig::parse(&bytes)
-                    .map_err(|e| invalid(format!("{e}; refusing to apply over it")))?;
+                let config = SaveConfig::parse(&bytes).map_err(|problem| Error::CurrentConfig {
+                    path: path.to_owned(),
+                    problem,
+                })?;
                 Ok(CurrentFile {
                     bytes: Some(bytes),
                     config,
@@ -49,64 +57,44 @@ impl CurrentFile {
                 bytes: None,
                 config: SaveConfig::empty(),
             }),
-            Err(e) => Err(invalid(format!("cannot read it: {e}"))),
+            Err(source) => Err(Error::CurrentConfigRead {
+                path: path.to_owned(),
+                source,
+            }),
         }
-    }
-
-    /// The text the diff starts from: the canonical form of what the file holds.
-    pub fn canonical(&self) -> String {
-        self.config.to_canonical()
     }
 }
 
-/// Runs what the command line asks for and returns the exit status.
-pub fn main(cli: &Cli) -> Exit {
-    match &cli.command {
-        None => {
-            let started = Instant::now();
-            let outcome = run(cli);
-            print(&outcome.report, cli.output);
-            write_metrics(cli, &outcome, started);
-            outcome.exit
-        }
-        Some(Command::Status) => status_command(cli),
-        Some(Command::Explain { image }) => explain_command(cli, image),
-        Some(Command::Completions { shell }) => write_stdout(&man::completions(*shell)),
-        Some(Command::Man) => write_stdout(&man::page()),
-    }
-}
-
-/// What a reconcile run leaves behind.
-pub struct Outcome {
-    pub report: Report,
-    pub exit: Exit,
-    pub error: Option<ErrorKind>,
+/// What a reconcile run has found out so far; what is left of it when it fails.
+struct RunRecord {
+    report: Report,
     /// `metrics.file` from the policy, once it was read.
-    pub policy_metrics_file: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
+    /// The figures of the last plan, once there was one.
+    figures: Option<PlanFigures>,
 }
 
-/// One reconcile run; never panics on bad input, always yields a report.
-pub fn run(cli: &Cli) -> Outcome {
-    let mut report = Report::empty(cli.dry_run);
-    let mut policy_metrics_file = None;
-    match reconcile(cli, &mut report, &mut policy_metrics_file) {
-        Ok(exit) => Outcome {
-            report,
-            exit,
-            error: None,
-            policy_metrics_file,
-        },
+/// One reconcile run: prints the report (also on failure), writes the metrics, and returns
+/// the exit status. Never panics on bad input.
+fn reconcile_command(cli: &Cli) -> Exit {
+    let started = Instant::now();
+    let mut record = RunRecord {
+        report: Report::empty(cli.dry_run),
+        metrics_file: None,
+        figures: None,
+    };
+    let result = reconcile(cli, &mut record);
+    let (exit, failure) = match result {
+        Ok(exit) => (exit, None),
         Err(error) => {
-            log::error!("{error}");
-            report.set_error(&error);
-            Outcome {
-                exit: error.kind().exit(),
-                error: Some(error.kind()),
-                report,
-                policy_metrics_file,
-            }
+            logger::error_chain(&error);
+            record.report.set_error(&error);
+            (error.kind().exit(), Some(error.kind()))
         }
-    }
+    };
+    print(&record.report, cli.output);
+    write_metrics(cli, &record, failure, started);
+    exit
 }
 
 fn load_policy(cli: &Cli) -> Result<Policy, Error> {
@@ -117,17 +105,14 @@ fn load_policy(cli: &Cli) -> Result<Policy, Error> {
     Ok(policy)
 }
 
-fn reconcile(
-    cli: &Cli,
-    report: &mut Report,
-    metrics_file: &mut Option<PathBuf>,
-) -> Result<Exit, Error> {
+/// policy -> sources -> snapshot -> plan -> diff -> apply, filling `record` on the way.
+fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     let policy = load_policy(cli)?;
-    metrics_file.clone_from(&policy.metrics_file);
+    record.metrics_file.clone_from(&policy.metrics_file);
     let current = CurrentFile::read(&policy.lio.saveconfig)?;
-    let snapshot = read_catalogue(&policy, report)?;
+    let snapshot = read_catalogue(&policy)?;
 
-    let plan = plan_and_report(&policy, &snapshot, &current, report);
+    let plan = plan_and_report(&policy, &snapshot, &current, cli, record);
     log_plan(&plan);
     check_safety(&policy, &plan, cli.allow_removals)?;
     if !plan.changed {
@@ -136,11 +121,7 @@ fn reconcile(
     }
     if cli.dry_run {
         log_summary(&plan, false, true);
-        return Ok(if cli.detailed_exitcode {
-            Exit::Changed
-        } else {
-            Exit::Success
-        });
+        return Ok(changed_exit(cli));
     }
 
     let _lock = Lock::acquire(&policy.lio.lock_file, "sbps-reconcile")?;
@@ -158,7 +139,7 @@ fn reconcile(
             "{} changed during the run; planning again",
             policy.lio.saveconfig.display()
         );
-        let plan = plan_and_report(&policy, &snapshot, &current_now, report);
+        let plan = plan_and_report(&policy, &snapshot, &current_now, cli, record);
         check_safety(&policy, &plan, cli.allow_removals)?;
         if !plan.changed {
             log_summary(&plan, false, false);
@@ -179,38 +160,36 @@ fn reconcile(
         &stamp,
         &verify,
     )?;
-    report.applied = true;
-    report.backup = applied.backup.map(|p| p.display().to_string());
+    record.report.applied = true;
+    record.report.backup = applied.backup.map(|p| p.display().to_string());
     log_summary(&plan, true, false);
-    Ok(if cli.detailed_exitcode {
+    Ok(changed_exit(cli))
+}
+
+/// A run that had changes: exit 2 with `--detailed-exitcode`.
+fn changed_exit(cli: &Cli) -> Exit {
+    if cli.detailed_exitcode {
         Exit::Changed
     } else {
         Exit::Success
-    })
+    }
 }
 
-fn read_catalogue(policy: &Policy, report: &mut Report) -> Result<Snapshot, Error> {
+fn read_catalogue(policy: &Policy) -> Result<Snapshot, Error> {
     let sources = sources::open(policy)?;
-    let snapshot = sources::collect(policy, &sources)?;
-    report.mode = Some(sources.mode.to_string());
-    report.etag_verified = snapshot.verifies_etags();
-    if !snapshot.verifies_etags() {
-        report.notes.push(
-            "offline catalogue: S3 ETags were not checked; manifest etags are trusted".to_string(),
-        );
-    }
-    Ok(snapshot)
+    Ok(sources::collect(policy, &sources)?)
 }
 
 fn plan_and_report(
     policy: &Policy,
     snapshot: &Snapshot,
     current: &CurrentFile,
-    report: &mut Report,
+    cli: &Cli,
+    record: &mut RunRecord,
 ) -> Plan {
     let plan = plan::plan(policy, snapshot, &current.config);
-    let diff = diff::unified(&current.canonical(), &plan.desired.to_canonical());
-    report.set_plan(&plan, &policy.target.iqn, diff);
+    record.report = Report::of_plan(policy, snapshot, &current.config, &plan, cli.dry_run);
+    record.figures = Some(PlanFigures::of(&plan));
     plan
 }
 
@@ -223,11 +202,11 @@ fn check_safety(policy: &Policy, plan: &Plan, allow_removals: bool) -> Result<()
                 plan.lun_removals
             );
         } else {
-            return Err(Error::Safety(format!(
-                "the plan removes {} LUNs, above safety.max_removals {limit}; nothing was touched \
-                 (check the catalogue and the mount, then rerun with --allow-removals if intended)",
-                plan.lun_removals
-            )));
+            return Err(Refusal::TooManyRemovals {
+                removals: plan.lun_removals,
+                limit,
+            }
+            .into());
         }
     }
     Ok(())
@@ -237,10 +216,10 @@ fn check_safety(policy: &Policy, plan: &Plan, allow_removals: bool) -> Result<()
 /// simply not tagged at debug: a catalogue holds thousands), target changes at info.
 fn log_plan(plan: &Plan) {
     for skipped in &plan.skipped {
-        let who = skipped.image.describe();
         let line = format!(
-            "skipped {} image {who}: {}",
+            "skipped {} image {}: {}",
             skipped.kind.as_str(),
+            skipped.image.describe(),
             skipped.reason
         );
         if skipped.reason.code == ReasonCode::NotTagged {
@@ -280,46 +259,23 @@ fn log_summary(plan: &Plan, applied: bool, dry_run: bool) {
 
 /// Writes the metrics file named by `--metrics-file`, or by the policy for runs that are
 /// not dry runs. A failure to write it is logged, not fatal.
-fn write_metrics(cli: &Cli, outcome: &Outcome, started: Instant) {
-    let path = match (&cli.metrics_file, &outcome.policy_metrics_file) {
+fn write_metrics(cli: &Cli, record: &RunRecord, failure: Option<ErrorKind>, started: Instant) {
+    let path = match (&cli.metrics_file, &record.metrics_file) {
         (Some(path), _) => path,
         (None, Some(path)) if !cli.dry_run => path,
         _ => return,
-    };
-    let report = &outcome.report;
-    let planned = report.target.is_some();
-    let mut projections: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for p in report.projections.iter().filter(|p| p.action != "remove") {
-        *projections.entry(p.kind).or_default() += 1;
-    }
-    let mut skipped: BTreeMap<ReasonCode, usize> = BTreeMap::new();
-    for s in &report.skipped {
-        if let Some(code) = s.code {
-            *skipped.entry(code).or_default() += 1;
-        }
-    }
-    let applied = if report.applied {
-        [
-            ("add", report.summary.add),
-            ("remove", report.summary.remove),
-            ("update", report.summary.update),
-        ]
-        .into()
-    } else {
-        BTreeMap::new()
     };
     let run = RunMetrics {
         end_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
         duration_seconds: started.elapsed().as_secs_f64(),
-        failure: outcome.error,
-        projections: planned.then_some(projections),
-        skipped: planned.then_some(skipped),
-        applied,
+        failure,
+        plan: record.figures.clone(),
+        applied: record.report.applied,
     };
     if let Err(e) = crate::metrics::write(path, &run) {
-        log::warn!("cannot write metrics {}: {e}", path.display());
+        log::warn!("cannot write metrics: {}", crate::error::chain(&e));
     }
 }
 
@@ -328,12 +284,12 @@ fn status_command(cli: &Cli) -> Exit {
     let result = (|| {
         let policy = load_policy(cli)?;
         let current = CurrentFile::read(&policy.lio.saveconfig)?;
-        let mut scratch = Report::empty(true);
-        let (plan, catalogue_error) = match read_catalogue(&policy, &mut scratch) {
+        let (plan, catalogue_error) = match read_catalogue(&policy) {
             Ok(snapshot) => (Some(plan::plan(&policy, &snapshot, &current.config)), None),
             Err(e) => {
-                log::warn!("{e}");
-                (None, Some(e.to_string()))
+                let text = crate::error::chain(&e);
+                log::warn!("{text}");
+                (None, Some(text))
             }
         };
         Ok::<_, Error>(status::status(
@@ -360,8 +316,7 @@ fn explain_command(cli: &Cli, query: &str) -> Exit {
     let result = (|| {
         let policy = load_policy(cli)?;
         let current = CurrentFile::read(&policy.lio.saveconfig)?;
-        let mut scratch = Report::empty(true);
-        let snapshot = read_catalogue(&policy, &mut scratch)?;
+        let snapshot = read_catalogue(&policy)?;
         let plan = plan::plan(&policy, &snapshot, &current.config);
         Ok::<_, Error>(explain::explain(&policy, &snapshot, &plan, query))
     })();
@@ -385,7 +340,7 @@ fn explain_command(cli: &Cli, query: &str) -> Exit {
 }
 
 fn fail_command(cli: &Cli, error: &Error) -> Exit {
-    log::error!("{error}");
+    logger::error_chain(error);
     if cli.output == Output::Json {
         let mut report = Report::empty(true);
         report.set_error(error);
@@ -409,7 +364,7 @@ fn write_stdout(text: &str) -> Exit {
 }
 
 /// Prints the report in the requested format.
-pub fn print(report: &Report, output: Output) {
+fn print(report: &Report, output: Output) {
     let text = match output {
         Output::Json => report.to_json(),
         Output::Text => report.to_text(),

@@ -1,67 +1,45 @@
 //! Why an image is not projected. Skips are values in the plan, never errors: one bad
 //! manifest is reported with its reason and the run goes on with everything else.
+//!
+//! A new reason is one more variant below (its doc comment is what the man page prints) and
+//! a row in the README's table; nothing else lists them.
 
+use crate::codes::named_enum;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The reason codes of the JSON report (a contract; extend, never rename).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasonCode {
-    /// The IMS record has no `link.path`.
-    NoLink,
-    /// The IMS record does not pass the policy's tag filter.
-    NotTagged,
-    /// The manifest could not be read (missing, too large, I/O error).
-    ManifestUnreadable,
-    /// The manifest is not the JSON document expected.
-    ManifestInvalid,
-    /// The manifest has no rootfs artifact, or several.
-    NoRootfsArtifact,
-    /// The rootfs artifact's `link.etag` is absent, null or empty.
-    MissingEtag,
-    /// The S3 object named by the manifest does not exist.
-    S3ObjectMissing,
-    /// The S3 object's ETag differs from the manifest's.
-    EtagMismatch,
-    /// The file is not in the s3fs mount.
-    NotInMount,
-    /// The file in the mount is empty or differs in size from the S3 object.
-    SizeMismatch,
-    /// The link or key cannot be served (other bucket, `..`, comma, newline, NUL).
-    InvalidKey,
-    /// Every LUN index up to `target.max_lun` is taken.
-    NoFreeLun,
-    /// The IMS record itself is not an object with a string `id`.
-    RecordInvalid,
-    /// A storage object the tool does not manage already has this identity's name.
-    NameConflict,
-}
-
-impl ReasonCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonCode::NoLink => "no_link",
-            ReasonCode::NotTagged => "not_tagged",
-            ReasonCode::ManifestUnreadable => "manifest_unreadable",
-            ReasonCode::ManifestInvalid => "manifest_invalid",
-            ReasonCode::NoRootfsArtifact => "no_rootfs_artifact",
-            ReasonCode::MissingEtag => "missing_etag",
-            ReasonCode::S3ObjectMissing => "s3_object_missing",
-            ReasonCode::EtagMismatch => "etag_mismatch",
-            ReasonCode::NotInMount => "not_in_mount",
-            ReasonCode::SizeMismatch => "size_mismatch",
-            ReasonCode::InvalidKey => "invalid_key",
-            ReasonCode::NoFreeLun => "no_free_lun",
-            ReasonCode::RecordInvalid => "record_invalid",
-            ReasonCode::NameConflict => "name_conflict",
-        }
-    }
-}
-
-impl fmt::Display for ReasonCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// The reason codes of the JSON report (a contract; extend, never rename).
+    pub enum ReasonCode {
+        /// The IMS record has no link.path.
+        NoLink = "no_link",
+        /// The IMS record does not pass catalogue.ims.select.
+        NotTagged = "not_tagged",
+        /// The manifest could not be read (missing, larger than manifest_max_bytes, I/O error).
+        ManifestUnreadable = "manifest_unreadable",
+        /// The manifest is not the JSON expected (not JSON, no artifacts, link null, wrong types).
+        ManifestInvalid = "manifest_invalid",
+        /// The manifest has no rootfs artifact, or several.
+        NoRootfsArtifact = "no_rootfs_artifact",
+        /// The rootfs link.etag is absent, null or empty.
+        MissingEtag = "missing_etag",
+        /// No S3 object at the rootfs path (live mode).
+        S3ObjectMissing = "s3_object_missing",
+        /// The S3 object's ETag differs from the manifest's (live mode).
+        EtagMismatch = "etag_mismatch",
+        /// The file is not in the s3fs mount (or not a regular file, or stat failed).
+        NotInMount = "not_in_mount",
+        /// The file in the mount is empty, or differs in size from the S3 object: not yet.
+        SizeMismatch = "size_mismatch",
+        /// The link is outside the bucket, or the key holds "..", an empty segment, a comma,
+        /// newline or NUL.
+        InvalidKey = "invalid_key",
+        /// Every LUN index up to target.max_lun is taken.
+        NoFreeLun = "no_free_lun",
+        /// The IMS record is not an object with a string id.
+        RecordInvalid = "record_invalid",
+        /// A storage object the tool does not manage already has this identity's name.
+        NameConflict = "name_conflict",
     }
 }
 

@@ -1,8 +1,9 @@
 //! What the catalogue holds at one moment: plain data, produced by a source and consumed by
 //! the pure planner. Golden tests write it as JSON (`tests/cases/*/snapshot.json`).
 
-use crate::image::ImageEntry;
+use crate::image::{ImageEntry, ImageRecord};
 use crate::manifest::RootfsArtifact;
+use crate::s3path::KeyProblem;
 use crate::skip::SkipReason;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -78,9 +79,117 @@ pub enum MountEntry {
     Error(String),
 }
 
+/// How far an IMS record leads towards its rootfs file: link, manifest key, manifest,
+/// rootfs key. Each variant is where the walk stopped, with what it found on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootfsTrail<'a> {
+    /// The record has no `link.path`.
+    NoLink,
+    /// The link is not a key in the bucket.
+    BadLink { link: &'a str, problem: KeyProblem },
+    /// The manifest was not read (it is not in the snapshot).
+    ManifestNotRead {
+        link: &'a str,
+        manifest_key: &'a str,
+    },
+    /// The manifest was read and is unusable.
+    ManifestSkipped {
+        link: &'a str,
+        manifest_key: &'a str,
+        reason: &'a SkipReason,
+    },
+    /// The manifest's rootfs path is not a key in the bucket.
+    BadRootfsPath {
+        link: &'a str,
+        manifest_key: &'a str,
+        artifact: &'a RootfsArtifact,
+        problem: KeyProblem,
+    },
+    /// The whole way: the rootfs artifact and its object key.
+    Rootfs {
+        link: &'a str,
+        manifest_key: &'a str,
+        artifact: &'a RootfsArtifact,
+        key: &'a str,
+    },
+}
+
+impl<'a> RootfsTrail<'a> {
+    /// The manifest key, when the walk got that far.
+    pub fn manifest_key(&self) -> Option<&'a str> {
+        match self {
+            RootfsTrail::NoLink | RootfsTrail::BadLink { .. } => None,
+            RootfsTrail::ManifestNotRead { manifest_key, .. }
+            | RootfsTrail::ManifestSkipped { manifest_key, .. }
+            | RootfsTrail::BadRootfsPath { manifest_key, .. }
+            | RootfsTrail::Rootfs { manifest_key, .. } => Some(manifest_key),
+        }
+    }
+
+    /// The rootfs artifact, when the manifest named one.
+    pub fn artifact(&self) -> Option<&'a RootfsArtifact> {
+        match self {
+            RootfsTrail::BadRootfsPath { artifact, .. } | RootfsTrail::Rootfs { artifact, .. } => {
+                Some(artifact)
+            }
+            _ => None,
+        }
+    }
+
+    /// The rootfs file's object key, when the walk went the whole way.
+    pub fn rootfs_key(&self) -> Option<&'a str> {
+        match self {
+            RootfsTrail::Rootfs { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
 impl Snapshot {
     /// Whether S3 ETags were checked (rule 3 of the projection rules).
     pub fn verifies_etags(&self) -> bool {
         self.objects.is_some()
+    }
+
+    /// The one walk from an IMS record to its rootfs file, as far as this snapshot goes.
+    pub fn trail<'a>(&'a self, record: &'a ImageRecord, bucket: &str) -> RootfsTrail<'a> {
+        let Some(link) = record.link_path.as_deref() else {
+            return RootfsTrail::NoLink;
+        };
+        let manifest_key = match record.manifest_key(bucket) {
+            Some(Ok(key)) => key,
+            Some(Err(problem)) => return RootfsTrail::BadLink { link, problem },
+            None => return RootfsTrail::NoLink,
+        };
+        match self.manifests.get(manifest_key) {
+            None => RootfsTrail::ManifestNotRead { link, manifest_key },
+            Some(ManifestRead::Skip(reason)) => RootfsTrail::ManifestSkipped {
+                link,
+                manifest_key,
+                reason,
+            },
+            Some(ManifestRead::Rootfs(artifact)) => match artifact.key(bucket) {
+                Ok(key) => RootfsTrail::Rootfs {
+                    link,
+                    manifest_key,
+                    artifact,
+                    key,
+                },
+                Err(problem) => RootfsTrail::BadRootfsPath {
+                    link,
+                    manifest_key,
+                    artifact,
+                    problem,
+                },
+            },
+        }
+    }
+
+    /// The valid IMS records.
+    pub fn records(&self) -> impl Iterator<Item = &ImageRecord> {
+        self.images.iter().filter_map(|entry| match entry {
+            ImageEntry::Valid(record) => Some(record),
+            ImageEntry::Invalid { .. } => None,
+        })
     }
 }

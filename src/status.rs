@@ -1,12 +1,13 @@
 //! `status`: what is projected now, from `saveconfig.json`, LUN by LUN, with the image each
 //! LUN serves where the catalogue can tell. Reads only.
 
-use crate::lio::managed::{is_target, is_tpg1, managed_object};
-use crate::lio::{fileio_name, lun_index, SaveConfig};
-use crate::plan::{ImageRef, Plan};
+use crate::lio::managed::{portals, ManagedObject};
+use crate::lio::{fileio_name, lun_index, luns as luns_of_tpg, path_of, SaveConfig};
+use crate::plan::{Action, ImageRef, Kind, Plan, Projection};
 use crate::policy::{Policy, Portal};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 #[derive(Debug, Serialize)]
@@ -34,10 +35,10 @@ pub struct StatusLun {
     pub wwn: Option<String>,
     pub size: Option<u64>,
     pub dev: Option<String>,
-    pub kind: Option<&'static str>,
+    pub kind: Option<Kind>,
     pub images: Vec<ImageRef>,
     /// What the next run does with it (keep, update, remove), when the catalogue was read.
-    pub next_run: Option<&'static str>,
+    pub next_run: Option<Action>,
 }
 
 pub fn status(
@@ -47,17 +48,21 @@ pub fn status(
     catalogue_error: Option<String>,
 ) -> Status {
     let iqn = &policy.target.iqn;
-    let tpg = config
-        .targets()
-        .iter()
-        .filter(|t| is_target(t, iqn))
-        .filter_map(|t| t.get("tpgs")?.as_array())
-        .flatten()
-        .find(|tpg| is_tpg1(tpg));
+    let tpg = config.tpg1(iqn);
+    // Storage objects by the path LUNs name them by, projections by name: the first of each.
+    let mut objects: HashMap<String, &Value> = HashMap::new();
+    for so in config.storage_objects() {
+        if let Some(path) = path_of(so) {
+            objects.entry(path).or_insert(so);
+        }
+    }
+    let mut projections: HashMap<&str, &Projection> = HashMap::new();
+    for p in plan.map_or(&[][..], |plan| plan.projections.as_slice()) {
+        projections.entry(p.name.as_str()).or_insert(p);
+    }
     let mut luns: Vec<StatusLun> = tpg
-        .and_then(|tpg| tpg.get("luns")?.as_array())
-        .into_iter()
-        .flatten()
+        .map_or(&[][..], luns_of_tpg)
+        .iter()
         .filter_map(|lun| Some((lun_index(lun)?, lun)))
         .map(|(index, lun)| {
             let path = lun
@@ -65,19 +70,14 @@ pub fn status(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            let so = config.storage_objects().iter().find(|so| {
-                let plugin = so.get("plugin").and_then(Value::as_str).unwrap_or("");
-                let name = so.get("name").and_then(Value::as_str).unwrap_or("");
-                path == format!("/backstores/{plugin}/{name}")
-            });
+            let so = objects.get(&path).copied();
             let text = |key: &str| so.and_then(|so| so.get(key)?.as_str().map(str::to_owned));
-            let managed = so.is_some_and(|so| managed_object(so, &policy.catalogue).is_some());
+            let managed = so.is_some_and(|so| ManagedObject::read(so, &policy.catalogue).is_some());
             let name = text("name").or_else(|| fileio_name(lun).map(str::to_owned));
-            let projection = plan.filter(|_| managed).and_then(|plan| {
-                plan.projections
-                    .iter()
-                    .find(|p| Some(&p.name) == name.as_ref())
-            });
+            let projection = name
+                .as_deref()
+                .filter(|_| managed)
+                .and_then(|name| projections.get(name).copied());
             StatusLun {
                 index,
                 storage_object: path,
@@ -86,21 +86,21 @@ pub fn status(
                 wwn: text("wwn"),
                 size: so.and_then(|so| so.get("size")?.as_u64()),
                 dev: text("dev"),
-                kind: projection.map(|p| p.kind.as_str()),
+                kind: projection.map(|p| p.kind),
                 images: projection.map(|p| p.images.clone()).unwrap_or_default(),
-                next_run: projection.map(|p| p.action.as_str()),
+                next_run: projection.map(|p| p.action),
                 name,
             }
         })
         .collect();
     luns.sort_by_key(|l| l.index);
-    let mapped: Vec<&str> = luns.iter().filter_map(|l| l.name.as_deref()).collect();
+    let mapped: HashSet<&str> = luns.iter().filter_map(|l| l.name.as_deref()).collect();
     let unmapped = config
         .storage_objects()
         .iter()
-        .filter_map(|so| managed_object(so, &policy.catalogue))
+        .filter_map(|so| ManagedObject::read(so, &policy.catalogue))
         .map(|(name, _)| name)
-        .filter(|name| !mapped.contains(&name.as_str()))
+        .filter(|name| !mapped.contains(name.as_str()))
         .collect();
     Status {
         schema_version: crate::report::SCHEMA_VERSION,
@@ -109,7 +109,7 @@ pub fn status(
         enabled: tpg.map(|tpg| tpg.get("enable").and_then(Value::as_bool).unwrap_or(true)),
         portals: tpg
             .map(|tpg| {
-                crate::lio::managed::portals(tpg)
+                portals(tpg)
                     .into_iter()
                     .map(|(ip, port)| Portal { ip, port }.to_string())
                     .collect()
@@ -165,10 +165,10 @@ impl Status {
             } else {
                 let images: Vec<String> = lun.images.iter().map(ImageRef::describe).collect();
                 let what = match (lun.kind, lun.next_run) {
-                    (Some(kind), Some("remove")) => {
+                    (Some(kind), Some(Action::Remove)) => {
                         format!("{kind}, no longer in the catalogue: the next run removes it")
                     }
-                    (Some(kind), Some("update")) => {
+                    (Some(kind), Some(Action::Update)) => {
                         format!("{kind} {} (the next run updates it)", images.join(" + "))
                     }
                     (Some(kind), _) => format!("{kind} {}", images.join(" + ")),

@@ -1,12 +1,16 @@
-//! LIO's `saveconfig.json`: the model, its canonical text, and the managed view.
+//! LIO's `saveconfig.json`: the model, its canonical text, the managed facts, and the edits
+//! the planner makes to it.
 //!
 //! The file is kept as JSON values rather than typed structs, so that every storage object,
 //! target, attribute and field the tool does not manage survives a round trip untouched, and
 //! an odd field in a part we do not own can never stop a run.
 
 pub mod canonical;
+pub mod edit;
 pub mod managed;
 
+use crate::describe::json_value as describe;
+use crate::error::ConfigProblem;
 use serde_json::{Map, Value};
 
 /// The key names rtslib uses at the top level.
@@ -32,26 +36,22 @@ impl SaveConfig {
 
     /// Parses the file's bytes. An empty file, text that is not JSON, or a shape the tool
     /// cannot edit safely is an error: the caller refuses to apply over it.
-    pub fn parse(bytes: &[u8]) -> Result<SaveConfig, String> {
+    pub fn parse(bytes: &[u8]) -> Result<SaveConfig, ConfigProblem> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err("the file is empty".to_string());
+            return Err(ConfigProblem::Empty);
         }
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| format!("the file is not JSON: {e}"))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(ConfigProblem::NotJson)?;
         let Value::Object(root) = value else {
-            return Err(format!(
-                "the file holds {}, not a JSON object",
-                crate::image::describe(&value)
-            ));
+            return Err(ConfigProblem::NotAnObject(describe(&value)));
         };
         for key in [FABRIC_MODULES, STORAGE_OBJECTS, TARGETS] {
             match root.get(key) {
                 None | Some(Value::Array(_)) => {}
                 Some(other) => {
-                    return Err(format!(
-                        "\"{key}\" is {}, not a list",
-                        crate::image::describe(other)
-                    ))
+                    return Err(ConfigProblem::NotAList {
+                        key,
+                        found: describe(other),
+                    })
                 }
             }
         }
@@ -63,7 +63,7 @@ impl SaveConfig {
     }
 
     pub fn storage_objects_mut(&mut self) -> &mut Vec<Value> {
-        self.list_mut(STORAGE_OBJECTS)
+        list_mut(&mut self.root, STORAGE_OBJECTS)
     }
 
     pub fn targets(&self) -> &[Value] {
@@ -71,7 +71,18 @@ impl SaveConfig {
     }
 
     pub fn targets_mut(&mut self) -> &mut Vec<Value> {
-        self.list_mut(TARGETS)
+        list_mut(&mut self.root, TARGETS)
+    }
+
+    /// TPG 1 of the iSCSI target `iqn`, if the configuration has it.
+    pub fn tpg1(&self, iqn: &str) -> Option<&Value> {
+        self.targets()
+            .iter()
+            .find(|t| is_target(t, iqn))?
+            .get("tpgs")?
+            .as_array()?
+            .iter()
+            .find(|tpg| is_tpg1(tpg))
     }
 
     fn list(&self, key: &str) -> &[Value] {
@@ -81,30 +92,70 @@ impl SaveConfig {
         }
     }
 
-    fn list_mut(&mut self, key: &str) -> &mut Vec<Value> {
-        let slot = self
-            .root
-            .entry(key.to_string())
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if !slot.is_array() {
-            // parse() refuses such files; this keeps the accessor total anyway.
-            *slot = Value::Array(Vec::new());
-        }
-        match slot {
-            Value::Array(list) => list,
-            _ => unreachable!("slot was just made an array"),
-        }
-    }
-
     /// The file as rtslib writes it: keys sorted, 2-space indent, trailing newline.
     pub fn to_canonical(&self) -> String {
         canonical::to_string(&Value::Object(self.root.clone()))
     }
 }
 
+/// The list at `key` of a JSON object, made a list if absent or not one. (`parse` refuses a
+/// file whose top-level lists are not lists; deeper in the file, an odd value we must edit
+/// is replaced.)
+pub fn list_mut<'a>(object: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
+    let slot = object
+        .entry(key)
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !slot.is_array() {
+        *slot = Value::Array(Vec::new());
+    }
+    match slot {
+        Value::Array(list) => list,
+        _ => unreachable!("the slot was just made a list"),
+    }
+}
+
+/// The object a JSON value is, made an empty object if it is not one.
+pub fn object_mut(value: &mut Value) -> &mut Map<String, Value> {
+    if !value.is_object() {
+        *value = Value::Object(Map::new());
+    }
+    match value {
+        Value::Object(object) => object,
+        _ => unreachable!("the value was just made an object"),
+    }
+}
+
+/// Whether a target entry is the iSCSI target `iqn` (iSCSI names are case-insensitive).
+pub fn is_target(target: &Value, iqn: &str) -> bool {
+    target.get("fabric").and_then(Value::as_str) == Some("iscsi")
+        && target
+            .get("wwn")
+            .and_then(Value::as_str)
+            .is_some_and(|wwn| wwn.eq_ignore_ascii_case(iqn))
+}
+
+/// Whether a TPG entry has tag 1.
+pub fn is_tpg1(tpg: &Value) -> bool {
+    tpg.get("tag").and_then(Value::as_u64) == Some(1)
+}
+
+/// The LUN entries of a TPG.
+pub fn luns(tpg: &Value) -> &[Value] {
+    tpg.get("luns")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
 /// A storage object's path as LUNs refer to it: `/backstores/<plugin>/<name>`.
 pub fn storage_object_path(plugin: &str, name: &str) -> String {
     format!("/backstores/{plugin}/{name}")
+}
+
+/// The path a storage object entry is referred to by, when it names its plugin and name.
+pub fn path_of(so: &Value) -> Option<String> {
+    let plugin = so.get("plugin")?.as_str()?;
+    let name = so.get("name")?.as_str()?;
+    Some(storage_object_path(plugin, name))
 }
 
 /// The fileio storage object name a LUN's `storage_object` refers to, if it is one.
@@ -147,5 +198,16 @@ mod tests {
             config.to_canonical(),
             "{\n  \"targets\": [],\n  \"x-note\": 1\n}\n"
         );
+    }
+
+    #[test]
+    fn finds_tpg1_of_the_target_by_its_iqn_in_any_case() {
+        let config = SaveConfig::parse(
+            br#"{"targets": [{"fabric": "iscsi", "wwn": "IQN.X:Y", "tpgs": [{"tag": 2}, {"tag": 1, "luns": [{"index": 3}]}]}]}"#,
+        )
+        .unwrap();
+        let tpg = config.tpg1("iqn.x:y").unwrap();
+        assert_eq!(luns(tpg).len(), 1);
+        assert!(config.tpg1("iqn.x:z").is_none());
     }
 }

@@ -3,33 +3,29 @@
 //! The SPIRE registration on CSM matches the agent binary the old agent ran, so the tool
 //! runs that binary too, with an argument vector (no shell). Tokens never reach a log line.
 
-use crate::error::Error;
+use crate::error::{FileError, SourceError, SvidProblem};
 use crate::policy::{ImsAuth, Spire};
+use crate::process::run_bounded;
 use serde_json::Value;
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// Where this node's xname lives on CSM.
 pub const XNAME_FILE: &str = "/etc/cray/xname";
 
 /// The bearer token for this run, if the policy asks for one.
-pub fn token(auth: &ImsAuth) -> Result<Option<String>, Error> {
+pub fn token(auth: &ImsAuth) -> Result<Option<String>, SourceError> {
     match auth {
         ImsAuth::None => Ok(None),
         ImsAuth::TokenFile(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::Source(format!(
-                    "cannot read IMS token file {}: {e}",
-                    path.display()
-                ))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| FileError::new("read IMS token file", path, e))?;
             let token = text.trim();
             if token.is_empty() || token.contains(char::is_whitespace) {
-                return Err(Error::Source(format!(
-                    "IMS token file {} does not hold one token",
-                    path.display()
-                )));
+                return Err(SourceError::FileContent {
+                    what: "IMS token file",
+                    path: path.clone(),
+                    problem: "does not hold one token".to_string(),
+                });
             }
             Ok(Some(token.to_string()))
         }
@@ -44,7 +40,7 @@ pub fn token(auth: &ImsAuth) -> Result<Option<String>, Error> {
 
 /// Runs `AGENT api fetch jwt -audience AUD -socketPath SOCK -output json` and returns the
 /// SVID of the first accepted SPIFFE ID.
-pub fn spire_token(spire: &Spire, xname: Option<&str>) -> Result<String, Error> {
+pub fn spire_token(spire: &Spire, xname: Option<&str>) -> Result<String, SourceError> {
     let mut command = Command::new(&spire.agent);
     command.args([
         "api",
@@ -56,19 +52,17 @@ pub fn spire_token(spire: &Spire, xname: Option<&str>) -> Result<String, Error> 
     ]);
     command.arg(&spire.socket);
     command.args(["-output", "json"]);
-    let output = run_bounded(&mut command, spire.timeout)
-        .map_err(|e| Error::Source(format!("SPIRE agent {}: {e}", spire.agent.display())))?;
+    let output =
+        run_bounded(&mut command, spire.timeout).map_err(|source| SourceError::SpireRun {
+            agent: spire.agent.clone(),
+            source,
+        })?;
     if !output.success {
-        let first = output
-            .stderr
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        return Err(Error::Source(format!(
-            "SPIRE agent {} failed ({}): {first}",
-            spire.agent.display(),
-            output.status
-        )));
+        return Err(SourceError::SpireFailed {
+            agent: spire.agent.clone(),
+            stderr: output.stderr_first_line().unwrap_or_default(),
+            status: output.status,
+        });
     }
     let accepted: Vec<String> = spire
         .spiffe_ids
@@ -79,15 +73,16 @@ pub fn spire_token(spire: &Spire, xname: Option<&str>) -> Result<String, Error> 
             (true, _) => None,
         })
         .collect();
-    select_svid(&output.stdout, &accepted)
-        .map_err(|e| Error::Source(format!("SPIRE agent {}: {e}", spire.agent.display())))
+    select_svid(&output.stdout, &accepted).map_err(|problem| SourceError::SpireAnswer {
+        agent: spire.agent.clone(),
+        problem,
+    })
 }
 
 /// Picks the SVID for the first accepted SPIFFE ID from the agent's JSON output, which is a
 /// list of `{"svids": [{"spiffe_id": .., "svid": ..}]}` and `{"bundles": ..}` entries.
-pub fn select_svid(stdout: &[u8], accepted: &[String]) -> Result<String, String> {
-    let value: Value =
-        serde_json::from_slice(stdout).map_err(|e| format!("its output is not JSON: {e}"))?;
+pub fn select_svid(stdout: &[u8], accepted: &[String]) -> Result<String, SvidProblem> {
+    let value: Value = serde_json::from_slice(stdout).map_err(SvidProblem::NotJson)?;
     let svids: Vec<(&str, &str)> = value
         .as_array()
         .into_iter()
@@ -106,68 +101,9 @@ pub fn select_svid(stdout: &[u8], accepted: &[String]) -> Result<String, String>
             return Ok((*token).to_string());
         }
     }
-    let seen: Vec<&str> = svids.iter().map(|(id, _)| *id).collect();
-    Err(format!(
-        "no SVID for an accepted SPIFFE ID (accepted: {accepted:?}; offered: {seen:?})"
-    ))
-}
-
-pub struct BoundedOutput {
-    pub success: bool,
-    pub status: String,
-    pub stdout: Vec<u8>,
-    pub stderr: String,
-}
-
-/// Runs a command with no stdin, killing it past `timeout`.
-pub fn run_bounded(command: &mut Command, timeout: Duration) -> Result<BoundedOutput, String> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start it: {e}"))?;
-    let mut stdout_pipe = child.stdout.take();
-    let mut stderr_pipe = child.stderr.take();
-    let stdout_reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(pipe) = stdout_pipe.as_mut() {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        bytes
-    });
-    let stderr_reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(pipe) = stderr_pipe.as_mut() {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        bytes
-    });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < timeout => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "no answer within {:.1} s; killed",
-                    timeout.as_secs_f64()
-                ));
-            }
-            Err(e) => return Err(format!("cannot wait for it: {e}")),
-        }
-    };
-    let stdout = stdout_reader.join().unwrap_or_default();
-    let stderr = String::from_utf8_lossy(&stderr_reader.join().unwrap_or_default()).into_owned();
-    Ok(BoundedOutput {
-        success: status.success(),
-        status: status.to_string(),
-        stdout,
-        stderr,
+    Err(SvidProblem::NoAcceptedId {
+        accepted: accepted.to_vec(),
+        offered: svids.iter().map(|(id, _)| (*id).to_string()).collect(),
     })
 }
 
@@ -186,7 +122,7 @@ mod tests {
             "spiffe://shasta/ncn/x3000c0s1b0n0/workload/sbps-marshal".to_string(),
         ];
         assert_eq!(select_svid(out, &accepted).unwrap(), "tok-x");
-        let err = select_svid(out, &accepted[..1]).unwrap_err();
+        let err = select_svid(out, &accepted[..1]).unwrap_err().to_string();
         assert!(
             err.contains("spiffe://shasta/other") && !err.contains("nope"),
             "{err}"

@@ -7,6 +7,8 @@
 pub mod auth;
 #[cfg(feature = "live")]
 pub mod ims;
+#[cfg(feature = "live")]
+pub mod manifest_cache;
 pub mod mount;
 pub mod offline;
 #[cfg(feature = "live")]
@@ -14,7 +16,7 @@ pub mod s3;
 #[cfg(feature = "live")]
 pub mod tls;
 
-use crate::error::Error;
+use crate::error::SourceError;
 use crate::image::{parse_record, ImageEntry};
 use crate::policy::{ImsSource, Policy};
 use crate::s3path;
@@ -27,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub trait ImageList {
     /// The records of `GET /v3/images`. An answer that is not a JSON array is an error (the
     /// run changes nothing); odd records inside it are not.
-    fn records(&self) -> Result<Vec<Value>, Error>;
+    fn records(&self) -> Result<Vec<Value>, SourceError>;
 }
 
 /// Where manifests and object facts come from.
@@ -39,9 +41,9 @@ pub trait ObjectStore {
     fn objects(
         &self,
         keys: &BTreeSet<String>,
-    ) -> Result<Option<BTreeMap<String, ObjectInfo>>, Error>;
+    ) -> Result<Option<BTreeMap<String, ObjectInfo>>, SourceError>;
     /// Objects under a PE prefix.
-    fn list(&self, prefix: &str) -> Result<Vec<PeObject>, Error>;
+    fn list(&self, prefix: &str) -> Result<Vec<PeObject>, SourceError>;
 }
 
 /// The sources a policy names.
@@ -49,13 +51,11 @@ pub struct Sources {
     pub images: Box<dyn ImageList>,
     pub store: Box<dyn ObjectStore>,
     pub mount: Mount,
-    /// "offline" or "live", for the report.
-    pub mode: &'static str,
 }
 
 /// Builds the sources the policy names: IMS from a file or over HTTPS, objects from the
 /// mount (offline) or from S3.
-pub fn open(policy: &Policy) -> Result<Sources, Error> {
+pub fn open(policy: &Policy) -> Result<Sources, SourceError> {
     let catalogue = &policy.catalogue;
     let mount = Mount::new(&catalogue.mount);
     #[cfg(feature = "live")]
@@ -65,51 +65,37 @@ pub fn open(policy: &Policy) -> Result<Sources, Error> {
         #[cfg(feature = "live")]
         ImsSource::Http(settings) => Box::new(ims::ImsClient::new(settings, runtime.clone())?),
         #[cfg(not(feature = "live"))]
-        ImsSource::Http(_) => return Err(no_live_sources()),
+        ImsSource::Http(_) => return Err(SourceError::NoLiveSources),
     };
-    let (store, mode): (Box<dyn ObjectStore>, _) = match &catalogue.s3 {
-        None => (
-            Box::new(offline::MountStore {
-                mount: mount.clone(),
-            }),
-            "offline",
-        ),
+    let store: Box<dyn ObjectStore> = match &catalogue.s3 {
+        None => Box::new(offline::MountStore {
+            mount: mount.clone(),
+        }),
         #[cfg(feature = "live")]
-        Some(settings) => (
-            Box::new(s3::S3Store::new(settings, &catalogue.bucket, runtime)?),
-            "live",
-        ),
+        Some(settings) => Box::new(s3::S3Store::new(settings, &catalogue.bucket, runtime)?),
         #[cfg(not(feature = "live"))]
-        Some(_) => return Err(no_live_sources()),
+        Some(_) => return Err(SourceError::NoLiveSources),
     };
     Ok(Sources {
         images,
         store,
         mount,
-        mode,
     })
 }
 
 /// One single-threaded runtime drives every live request of a run.
 #[cfg(feature = "live")]
-fn live_runtime() -> Result<std::sync::Arc<tokio::runtime::Runtime>, Error> {
+fn live_runtime() -> Result<std::sync::Arc<tokio::runtime::Runtime>, SourceError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map(std::sync::Arc::new)
-        .map_err(|e| Error::Source(format!("cannot start the I/O runtime: {e}")))
-}
-
-#[cfg(not(feature = "live"))]
-fn no_live_sources() -> Error {
-    Error::Source(
-        "this build has no live sources (IMS url, S3); rebuild with the `live` feature".to_string(),
-    )
+        .map_err(SourceError::Runtime)
 }
 
 /// Gathers a snapshot: the IMS records, the manifests of the images that pass the tag filter,
 /// the S3 facts and mount entries of their rootfs files, and the PE candidates.
-pub fn collect(policy: &Policy, sources: &Sources) -> Result<Snapshot, Error> {
+pub fn collect(policy: &Policy, sources: &Sources) -> Result<Snapshot, SourceError> {
     let catalogue = &policy.catalogue;
     // An unreachable mount must not read as "every file is gone": that would remove every
     // LUN (the old agent un-projected everything during an s3fs outage).
@@ -121,11 +107,10 @@ pub fn collect(policy: &Policy, sources: &Sources) -> Result<Snapshot, Error> {
         .iter()
         .filter_map(|entry| match entry {
             ImageEntry::Valid(record) if catalogue.select.check(record).is_ok() => {
-                record.link_path.as_deref()
+                record.manifest_key(&catalogue.bucket)?.ok()
             }
             _ => None,
         })
-        .filter_map(|link| s3path::key_in_bucket(link, &catalogue.bucket).ok())
         .map(str::to_owned)
         .collect();
     log::debug!("reading {} manifest(s)", manifest_keys.len());
@@ -143,9 +128,7 @@ pub fn collect(policy: &Policy, sources: &Sources) -> Result<Snapshot, Error> {
     let rootfs_keys: BTreeSet<String> = manifests
         .values()
         .filter_map(|read| match read {
-            ManifestRead::Rootfs(artifact) => {
-                s3path::key_in_bucket(&artifact.path, &catalogue.bucket).ok()
-            }
+            ManifestRead::Rootfs(artifact) => artifact.key(&catalogue.bucket).ok(),
             ManifestRead::Skip(_) => None,
         })
         .map(str::to_owned)

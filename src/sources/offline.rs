@@ -4,7 +4,8 @@
 
 use super::mount::Mount;
 use super::{ImageList, ObjectStore};
-use crate::error::Error;
+use crate::error::{FileError, SourceError};
+use crate::image::parse_answer;
 use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::{ManifestRead, ObjectInfo, PeObject};
 use serde_json::Value;
@@ -17,24 +18,13 @@ pub struct ImsFile {
 }
 
 impl ImageList for ImsFile {
-    fn records(&self) -> Result<Vec<Value>, Error> {
-        let bytes = std::fs::read(&self.path).map_err(|e| {
-            Error::Source(format!("cannot read IMS file {}: {e}", self.path.display()))
-        })?;
-        parse_image_list(&bytes)
-            .map_err(|e| Error::Source(format!("IMS file {}: {e}", self.path.display())))
-    }
-}
-
-/// The IMS answer must be a JSON array; its elements are parsed one by one later.
-pub fn parse_image_list(bytes: &[u8]) -> Result<Vec<Value>, String> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Array(records)) => Ok(records),
-        Ok(other) => Err(format!(
-            "the answer is {}, not a JSON array of images",
-            crate::image::describe(&other)
-        )),
-        Err(e) => Err(format!("the answer is not JSON: {e}")),
+    fn records(&self) -> Result<Vec<Value>, SourceError> {
+        let bytes = std::fs::read(&self.path)
+            .map_err(|e| FileError::new("read IMS file", &self.path, e))?;
+        parse_answer(&bytes).map_err(|problem| SourceError::ImsFile {
+            path: self.path.clone(),
+            problem,
+        })
     }
 }
 
@@ -51,9 +41,10 @@ impl ObjectStore for MountStore {
                 progress.tick();
                 let read = match self.mount.read(key, max_bytes) {
                     Ok(bytes) => ManifestRead::from_bytes(&bytes),
-                    Err(e) => {
-                        ManifestRead::Skip(SkipReason::new(ReasonCode::ManifestUnreadable, e))
-                    }
+                    Err(e) => ManifestRead::Skip(SkipReason::new(
+                        ReasonCode::ManifestUnreadable,
+                        e.to_string(),
+                    )),
                 };
                 (key.clone(), read)
             })
@@ -63,11 +54,11 @@ impl ObjectStore for MountStore {
     fn objects(
         &self,
         _keys: &BTreeSet<String>,
-    ) -> Result<Option<BTreeMap<String, ObjectInfo>>, Error> {
+    ) -> Result<Option<BTreeMap<String, ObjectInfo>>, SourceError> {
         Ok(None)
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<PeObject>, Error> {
+    fn list(&self, prefix: &str) -> Result<Vec<PeObject>, SourceError> {
         self.mount.walk(prefix)
     }
 }

@@ -6,8 +6,9 @@
 //! library is built. Credentials come from the s3fs credentials file only: no environment,
 //! profile or instance-metadata lookups.
 
+use super::manifest_cache::ManifestCache;
 use super::{tls, ObjectStore};
-use crate::error::Error;
+use crate::error::{FileError, SourceError};
 use crate::policy::{S3Settings, DELETED_PREFIX};
 use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::{ManifestRead, ObjectInfo, PeObject};
@@ -45,7 +46,7 @@ impl S3Store {
         settings: &S3Settings,
         bucket: &str,
         runtime: Arc<Runtime>,
-    ) -> Result<S3Store, Error> {
+    ) -> Result<S3Store, SourceError> {
         Ok(S3Store {
             client: client(settings)?,
             bucket: bucket.to_string(),
@@ -56,7 +57,7 @@ impl S3Store {
     }
 
     /// The whole bucket but `deleted/`, listed once per run.
-    fn listing(&self) -> Result<&BTreeMap<String, ObjectInfo>, Error> {
+    fn listing(&self) -> Result<&BTreeMap<String, ObjectInfo>, SourceError> {
         if let Some(listing) = self.listing.get() {
             return Ok(listing);
         }
@@ -70,13 +71,9 @@ impl S3Store {
 }
 
 /// Reads `ACCESS_KEY_ID:SECRET_KEY` from the credentials file.
-pub fn read_credentials(path: &Path) -> Result<Credentials, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::Source(format!(
-            "cannot read S3 credentials {}: {e}",
-            path.display()
-        ))
-    })?;
+pub fn read_credentials(path: &Path) -> Result<Credentials, SourceError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| FileError::new("read S3 credentials", path, e))?;
     let line = text
         .lines()
         .map(str::trim)
@@ -90,15 +87,16 @@ pub fn read_credentials(path: &Path) -> Result<Credentials, Error> {
             None,
             "sbps-reconcile credentials file",
         )),
-        _ => Err(Error::Source(format!(
-            "S3 credentials {} do not hold one line ACCESS_KEY_ID:SECRET_KEY",
-            path.display()
-        ))),
+        _ => Err(SourceError::FileContent {
+            what: "S3 credentials",
+            path: path.to_owned(),
+            problem: "do not hold one line ACCESS_KEY_ID:SECRET_KEY".to_string(),
+        }),
     }
 }
 
 /// An S3 client for the policy's endpoint: path-style, static credentials, our connector.
-pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, Error> {
+pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, SourceError> {
     let credentials = read_credentials(&settings.credentials_file)?;
     let http = tls::http_client(&settings.tls, "S3", settings.timeout)?;
     let connector = SharedHttpConnector::new(ReqwestConnector { client: http });
@@ -120,7 +118,7 @@ async fn list_bucket(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     page_size: u32,
-) -> Result<BTreeMap<String, ObjectInfo>, Error> {
+) -> Result<BTreeMap<String, ObjectInfo>, SourceError> {
     let mut objects = BTreeMap::new();
     let mut token: Option<String> = None;
     for page in 1..=MAX_PAGES {
@@ -131,11 +129,10 @@ async fn list_bucket(
         if let Some(token) = token.take() {
             request = request.continuation_token(token);
         }
-        let answer = request.send().await.map_err(|e| {
-            Error::Source(format!(
-                "cannot list bucket {bucket} (page {page}): {}",
-                DisplayErrorContext(&e)
-            ))
+        let answer = request.send().await.map_err(|e| SourceError::S3List {
+            bucket: bucket.to_string(),
+            page,
+            source: Box::new(e),
         })?;
         for object in answer.contents() {
             let Some(key) = object.key() else { continue };
@@ -161,9 +158,10 @@ async fn list_bucket(
             }
         }
     }
-    Err(Error::Source(format!(
-        "listing bucket {bucket} did not end within {MAX_PAGES} pages"
-    )))
+    Err(SourceError::S3ListEndless {
+        bucket: bucket.to_string(),
+        pages: MAX_PAGES,
+    })
 }
 
 /// GETs and parses a manifest. The flag says whether the outcome came from the object's
@@ -195,72 +193,25 @@ async fn get_manifest(
     }
 }
 
-/// Parsed manifests by key, each with the ETag of the object it was read from. A manifest
-/// whose ETag in the listing is unchanged is not fetched again.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct ManifestCache {
-    version: u32,
-    /// The endpoint and bucket the entries came from; another is another cache.
-    origin: String,
-    entries: BTreeMap<String, CachedManifest>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct CachedManifest {
-    etag: String,
-    read: ManifestRead,
-}
-
-const CACHE_VERSION: u32 = 1;
-const CACHE_FILE: &str = "manifests.json";
-
-impl ManifestCache {
-    /// The cache on disk; missing, unreadable or foreign is an empty cache.
-    fn load(dir: &Path, origin: &str) -> ManifestCache {
-        let path = dir.join(CACHE_FILE);
-        let cache = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<ManifestCache>(&bytes).ok())
-            .filter(|c| c.version == CACHE_VERSION && c.origin == origin);
-        if cache.is_none() && path.exists() {
-            log::debug!(
-                "ignoring manifest cache {}: unreadable or from elsewhere",
-                path.display()
-            );
-        }
-        cache.unwrap_or_default()
-    }
-
-    fn save(&self, dir: &Path) {
-        let path = dir.join(CACHE_FILE);
-        let saved = std::fs::create_dir_all(dir)
-            .map_err(|e| e.to_string())
-            .and_then(|()| serde_json::to_vec(self).map_err(|e| e.to_string()))
-            .and_then(|bytes| crate::apply::write_atomic(&path, &bytes));
-        if let Err(e) = saved {
-            log::warn!("cannot write manifest cache {}: {e}", path.display());
-        }
-    }
-}
-
 impl ObjectStore for S3Store {
     fn manifests(&self, keys: &BTreeSet<String>, max_bytes: u64) -> BTreeMap<String, ManifestRead> {
         let mut reads = BTreeMap::new();
         let listing = match self.listing() {
             Ok(listing) => Some(listing),
             Err(e) => {
-                log::warn!("{e}");
+                log::warn!("{}", crate::error::chain(&e));
                 None
             }
         };
         let origin = format!("{} {}", self.settings.endpoint, self.bucket);
         let mut cache = match &self.settings.cache_dir {
             Some(dir) => ManifestCache::load(dir, &origin),
-            None => ManifestCache::default(),
+            None => ManifestCache::new(&origin),
         };
         // What the listing already rules out, or the cache already holds, needs no GET.
         let mut fetch = Vec::new();
-        let mut current = BTreeMap::new();
+        // What this run saw, to be cached: entries of deleted images go.
+        let mut current = ManifestCache::new(&origin);
         for key in keys {
             let url = format!("s3://{}/{key}", self.bucket);
             let listed = listing.map(|l| l.get(key));
@@ -287,20 +238,13 @@ impl ObjectStore for S3Store {
                         )),
                     );
                 }
-                Some(Some(object)) => {
-                    let etag = object.etag.clone();
-                    match cache
-                        .entries
-                        .remove(key)
-                        .filter(|c| c.etag == etag && !etag.is_empty())
-                    {
-                        Some(cached) => {
-                            reads.insert(key.clone(), cached.read.clone());
-                            current.insert(key.clone(), cached);
-                        }
-                        None => fetch.push((key.clone(), Some(etag))),
+                Some(Some(object)) => match cache.take(key, &object.etag) {
+                    Some(read) => {
+                        reads.insert(key.clone(), read.clone());
+                        current.insert(key.clone(), object.etag.clone(), read);
                     }
-                }
+                    None => fetch.push((key.clone(), Some(object.etag.clone()))),
+                },
                 None => fetch.push((key.clone(), None)),
             }
         }
@@ -334,30 +278,15 @@ impl ObjectStore for S3Store {
             }
             done
         });
-        let mut fetched_reads = Vec::new();
         for (key, read, etag) in fetched {
             if let Some(etag) = etag {
-                current.insert(
-                    key.clone(),
-                    CachedManifest {
-                        etag,
-                        read: read.clone(),
-                    },
-                );
+                current.insert(key.clone(), etag, read.clone());
             }
-            fetched_reads.push((key, read));
+            reads.insert(key, read);
         }
         if let Some(dir) = &self.settings.cache_dir {
-            // Only what this run saw: entries of deleted images go.
-            ManifestCache {
-                version: CACHE_VERSION,
-                origin,
-                entries: current,
-            }
-            .save(dir);
+            current.save(dir);
         }
-        let fetched = fetched_reads;
-        reads.extend(fetched);
         for key in keys {
             reads.entry(key.clone()).or_insert_with(|| {
                 ManifestRead::Skip(SkipReason::new(
@@ -372,7 +301,7 @@ impl ObjectStore for S3Store {
     fn objects(
         &self,
         keys: &BTreeSet<String>,
-    ) -> Result<Option<BTreeMap<String, ObjectInfo>>, Error> {
+    ) -> Result<Option<BTreeMap<String, ObjectInfo>>, SourceError> {
         let listing = self.listing()?;
         Ok(Some(
             keys.iter()
@@ -381,7 +310,7 @@ impl ObjectStore for S3Store {
         ))
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<PeObject>, Error> {
+    fn list(&self, prefix: &str) -> Result<Vec<PeObject>, SourceError> {
         Ok(self
             .listing()?
             .range(prefix.to_string()..)
@@ -442,7 +371,7 @@ impl HttpConnector for ReqwestConnector {
 }
 
 fn classify(error: reqwest::Error) -> ConnectorError {
-    let text = tls::chain(&error);
+    let text = crate::error::chain(&error);
     if error.is_timeout() {
         ConnectorError::timeout(text.into())
     } else if error.is_connect() || error.is_request() || error.is_body() {

@@ -2,7 +2,7 @@
 //! default against the system's CAs or a given bundle. `insecure` is an explicit choice
 //! (the old agent turned verification off everywhere) and is logged on every run.
 
-use crate::error::Error;
+use crate::error::SourceError;
 use crate::policy::TlsSettings;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -11,11 +11,15 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use std::sync::Arc;
 
 /// The client configuration for one endpoint (`what` names it in messages).
-pub fn client_config(settings: &TlsSettings, what: &str) -> Result<ClientConfig, Error> {
+pub fn client_config(
+    settings: &TlsSettings,
+    what: &'static str,
+) -> Result<ClientConfig, SourceError> {
+    let tls = |problem: String| SourceError::Tls { what, problem };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Source(format!("{what}: TLS setup failed: {e}")))?;
+        .map_err(|e| tls(format!("TLS setup failed: {e}")))?;
     if settings.insecure {
         log::warn!(
             "{what}: TLS verification is off (insecure: true); the server is not authenticated"
@@ -30,25 +34,17 @@ pub fn client_config(settings: &TlsSettings, what: &str) -> Result<ClientConfig,
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    Error::Source(format!(
-                        "{what}: cannot read ca_bundle {}: {e}",
-                        path.display()
-                    ))
-                })?;
+                .map_err(|e| tls(format!("cannot read ca_bundle {}: {e}", path.display())))?;
             if certs.is_empty() {
-                return Err(Error::Source(format!(
-                    "{what}: ca_bundle {} holds no certificate",
+                return Err(tls(format!(
+                    "ca_bundle {} holds no certificate",
                     path.display()
                 )));
             }
             for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    Error::Source(format!(
-                        "{what}: bad certificate in {}: {e}",
-                        path.display()
-                    ))
-                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls(format!("bad certificate in {}: {e}", path.display())))?;
             }
         }
         None => {
@@ -121,34 +117,17 @@ impl ServerCertVerifier for NoVerification {
 /// A reqwest client over this TLS configuration.
 pub fn http_client(
     settings: &TlsSettings,
-    what: &str,
+    what: &'static str,
     timeout: std::time::Duration,
-) -> Result<reqwest::Client, Error> {
+) -> Result<reqwest::Client, SourceError> {
     reqwest::Client::builder()
         .tls_backend_preconfigured(client_config(settings, what)?)
         .connect_timeout(timeout)
         .timeout(timeout)
         .no_proxy()
         .build()
-        .map_err(|e| {
-            Error::Source(format!(
-                "{what}: cannot build the HTTP client: {}",
-                chain(&e)
-            ))
+        .map_err(|e| SourceError::Tls {
+            what,
+            problem: format!("cannot build the HTTP client: {}", crate::error::chain(&e)),
         })
-}
-
-/// An error with its causes, `a: b: c` (reqwest's top-level message hides the TLS reason).
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

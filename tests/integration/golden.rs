@@ -1,10 +1,12 @@
 //! Golden cases: `tests/cases/<name>/{policy.yaml, snapshot.json, current.json}` in,
-//! `expected.json` (the desired saveconfig.json) and `expected.txt` (the summary) out.
+//! `expected.json` (the desired saveconfig.json) and `expected.txt` (the text report a dry
+//! run prints, built by the same function the binary uses) out.
 //! `SBPS_BLESS=1 cargo test golden` rewrites the expected files; review them in git.
 
 use sbps_reconcile::lio::SaveConfig;
 use sbps_reconcile::plan::plan;
 use sbps_reconcile::policy::{HostFacts, Policy};
+use sbps_reconcile::report::Report;
 use sbps_reconcile::snapshot::Snapshot;
 use std::fs;
 use std::path::Path;
@@ -36,17 +38,7 @@ fn golden_cases() {
         };
         let plan = plan(&policy, &snapshot, &current);
         let json = plan.desired.to_canonical();
-        let mut text: Vec<String> = sbps_reconcile::diff::summary_lines(&plan);
-        text.extend(
-            plan.skipped
-                .iter()
-                .map(|s| format!("! {} {}", s.kind.as_str(), s.reason)),
-        );
-        text.push(format!(
-            "changed: {}, lun_removals: {}",
-            plan.changed, plan.lun_removals
-        ));
-        let text = text.join("\n") + "\n";
+        let text = Report::of_plan(&policy, &snapshot, &current, &plan, true).to_text();
         if bless {
             fs::write(case.join("expected.json"), &json).unwrap();
             fs::write(case.join("expected.txt"), &text).unwrap();

@@ -1,0 +1,126 @@
+//! LUN allocation: which index each projection gets. An initiator's LUN N must always mean
+//! the same image, so a kept projection never moves, and a new one avoids every index in use.
+
+use super::rules::Candidate;
+use crate::lio::managed::ManagedObject;
+use crate::lio::{fileio_name, lun_index, luns, SaveConfig};
+use crate::policy::Policy;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The managed facts of the current configuration, as allocation and the edits need them.
+pub struct CurrentState {
+    /// Managed storage objects by name (the first entry of a name).
+    pub managed: BTreeMap<String, ManagedObject>,
+    /// fileio storage objects the tool does not manage: name to dev.
+    pub foreign_fileio: BTreeMap<String, String>,
+    /// Every LUN index in the policy's TPG 1.
+    pub lun_indices: BTreeSet<u32>,
+    /// LUN indices in TPG 1 by the managed storage object they serve.
+    pub luns_of: BTreeMap<String, BTreeSet<u32>>,
+}
+
+impl CurrentState {
+    pub fn read(current: &SaveConfig, policy: &Policy) -> CurrentState {
+        let mut managed = BTreeMap::new();
+        let mut foreign_fileio = BTreeMap::new();
+        for so in current.storage_objects() {
+            if let Some((name, object)) = ManagedObject::read(so, &policy.catalogue) {
+                managed.entry(name).or_insert(object);
+            } else if so.get("plugin").and_then(Value::as_str) == Some("fileio") {
+                if let Some(name) = so.get("name").and_then(Value::as_str) {
+                    let dev = so.get("dev").and_then(Value::as_str).unwrap_or("?");
+                    foreign_fileio.insert(name.to_string(), dev.to_string());
+                }
+            }
+        }
+        let mut lun_indices = BTreeSet::new();
+        let mut luns_of: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+        let tpg_luns = current.tpg1(&policy.target.iqn).map_or(&[][..], luns);
+        for lun in tpg_luns {
+            let Some(index) = lun_index(lun) else {
+                continue;
+            };
+            lun_indices.insert(index);
+            if let Some(name) = fileio_name(lun).filter(|n| managed.contains_key(*n)) {
+                luns_of.entry(name.to_string()).or_default().insert(index);
+            }
+        }
+        CurrentState {
+            managed,
+            foreign_fileio,
+            lun_indices,
+            luns_of,
+        }
+    }
+
+    /// The LUN a managed object keeps: its lowest in TPG 1.
+    pub fn kept_lun(&self, name: &str) -> Option<u32> {
+        self.luns_of.get(name).and_then(|l| l.first().copied())
+    }
+}
+
+/// Candidates with their LUN index, and those that found none.
+pub struct Allocation {
+    /// Kept candidates first (in catalogue order), then new ones in a fixed order.
+    pub placed: Vec<(Candidate, u32)>,
+    pub unplaced: Vec<Candidate>,
+}
+
+/// LUN indices are stable: a projection that stays keeps its index; a new one takes an index
+/// above every index in use (in this run, including the ones being freed, so that an index
+/// initiators may still hold is not handed to a different image), and wraps to the lowest
+/// free index only past `max_lun`.
+pub fn allocate_luns(candidates: Vec<Candidate>, state: &CurrentState, max_lun: u32) -> Allocation {
+    let mut placed = Vec::new();
+    let mut new = Vec::new();
+    // Indices that stay taken: LUNs of objects the tool does not manage, and kept LUNs.
+    let mut taken: BTreeSet<u32> = state.lun_indices.clone();
+    for luns in state.luns_of.values() {
+        for index in luns {
+            taken.remove(index);
+        }
+    }
+    for candidate in candidates {
+        match state.kept_lun(&candidate.identity.name) {
+            Some(index) => {
+                taken.insert(index);
+                placed.push((candidate, index));
+            }
+            None => new.push(candidate),
+        }
+    }
+    // Deterministic order for new LUNs, whatever order IMS listed the images in.
+    new.sort_by(|a, b| {
+        (a.kind, &a.source, &a.identity.name).cmp(&(b.kind, &b.source, &b.identity.name))
+    });
+    let freed: BTreeSet<u32> = state.lun_indices.difference(&taken).copied().collect();
+    let mut next = state
+        .lun_indices
+        .iter()
+        .chain(taken.iter())
+        .max()
+        .map_or(0, |max| max.saturating_add(1));
+    let mut unplaced = Vec::new();
+    for candidate in new {
+        let index = if next <= max_lun && !taken.contains(&next) {
+            let index = next;
+            next += 1;
+            Some(index)
+        } else {
+            // Past max_lun: the lowest index nobody holds, and one freed in this very run
+            // only as the last resort.
+            (0..=max_lun)
+                .find(|i| !taken.contains(i) && !freed.contains(i))
+                .or_else(|| (0..=max_lun).find(|i| !taken.contains(i)))
+        };
+        match index {
+            Some(index) => {
+                taken.insert(index);
+                placed.push((candidate, index));
+            }
+            None => unplaced.push(candidate),
+        }
+    }
+    Allocation { placed, unplaced }
+}

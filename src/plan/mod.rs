@@ -1,0 +1,493 @@
+//! The pure planner: (policy, snapshot, current configuration) -> plan.
+//!
+//! No file, clock, network or process here. The steps, in order:
+//! - [`rules`]: which images the catalogue asks for (candidates), and why the others are
+//!   skipped;
+//! - [`luns`]: which LUN index each candidate gets;
+//! - [`build`]: the desired configuration, made by editing a copy of the current one only
+//!   where a managed fact differs ([`crate::lio::edit`]), so that everything the tool does
+//!   not own is carried over untouched and "no change" means the two are equal; and the
+//!   projections and target changes that say what differs.
+
+pub mod luns;
+pub mod rules;
+
+use crate::codes::named_enum;
+use crate::image::ImageRecord;
+use crate::lio::edit::{self, LunEdits, ObjectEdits};
+use crate::lio::managed::{Difference, ManagedObject};
+use crate::lio::{storage_object_path, SaveConfig};
+use crate::policy::{Policy, Portal};
+use crate::skip::{ReasonCode, SkipReason};
+use crate::snapshot::Snapshot;
+use luns::{allocate_luns, Allocation, CurrentState};
+use rules::{is_pe_image, pe_candidate, rootfs_candidate, Candidate, Trace};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+use std::collections::{BTreeMap, BTreeSet};
+
+named_enum! {
+    /// What kind of image a projection serves.
+    pub enum Kind {
+        /// A root file system image from IMS.
+        Rootfs = "rootfs",
+        /// A PE image: an object under a PE prefix.
+        Pe = "pe",
+    }
+}
+
+named_enum! {
+    /// What the plan does with a projection.
+    pub enum Action {
+        /// A new storage object and LUN.
+        Add = "add",
+        /// Nothing differs.
+        Keep = "keep",
+        /// Managed facts drifted and are rewritten.
+        Update = "update",
+        /// The storage object and its LUNs go.
+        Remove = "remove",
+    }
+}
+
+/// An IMS image (or, for PE, the object key standing in for one).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageRef {
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+impl ImageRef {
+    pub fn of(record: &ImageRecord) -> ImageRef {
+        ImageRef {
+            id: Some(record.id.clone()),
+            name: Some(record.name.clone()),
+        }
+    }
+
+    /// A PE image is named by its key.
+    pub fn pe(key: &str) -> ImageRef {
+        ImageRef {
+            id: None,
+            name: Some(key.to_string()),
+        }
+    }
+
+    pub fn unknown() -> ImageRef {
+        ImageRef {
+            id: None,
+            name: None,
+        }
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.id.is_some() || self.name.is_some()
+    }
+
+    /// `"name" (id ID)`, as reports and logs name an image.
+    pub fn describe(&self) -> String {
+        match (&self.name, &self.id) {
+            (Some(name), Some(id)) => format!("{name:?} (id {id})"),
+            (Some(name), None) => format!("{name:?}"),
+            (None, Some(id)) => format!("(id {id})"),
+            (None, None) => "(record without id)".to_string(),
+        }
+    }
+}
+
+/// One storage object and its LUN, as the plan leaves (or removes) it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projection {
+    pub kind: Kind,
+    /// Every image this projection serves (two IMS images may share one rootfs).
+    pub images: Vec<ImageRef>,
+    /// `s3://<bucket>/<key>` of the image file.
+    pub source: String,
+    pub etag: Option<String>,
+    pub name: String,
+    pub wwn: String,
+    pub dev: String,
+    pub size: u64,
+    pub lun: Option<u32>,
+    pub action: Action,
+    /// For `update`: what changes, one phrase each.
+    pub changes: Vec<String>,
+}
+
+/// The JSON report's shape of a projection (a contract: extend, never rename).
+impl Serialize for Projection {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let first = self.images.first();
+        let mut s = serializer.serialize_struct("Projection", 13)?;
+        s.serialize_field("kind", &self.kind)?;
+        s.serialize_field("image_id", &first.and_then(|i| i.id.as_deref()))?;
+        s.serialize_field("image_name", &first.and_then(|i| i.name.as_deref()))?;
+        s.serialize_field("images", &self.images)?;
+        s.serialize_field("source", &self.source)?;
+        s.serialize_field("etag", &self.etag)?;
+        s.serialize_field("name", &self.name)?;
+        s.serialize_field("wwn", &self.wwn)?;
+        s.serialize_field("dev", &self.dev)?;
+        s.serialize_field("size", &self.size)?;
+        s.serialize_field("lun", &self.lun)?;
+        s.serialize_field("action", &self.action)?;
+        s.serialize_field("changes", &self.changes)?;
+        s.end()
+    }
+}
+
+/// An image that is not projected, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub kind: Kind,
+    pub image: ImageRef,
+    pub source: Option<String>,
+    pub reason: SkipReason,
+}
+
+/// The JSON report's shape of a skipped image (a contract: extend, never rename).
+impl Serialize for Skipped {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Skipped", 6)?;
+        s.serialize_field("kind", &self.kind)?;
+        s.serialize_field("image_id", &self.image.id)?;
+        s.serialize_field("image_name", &self.image.name)?;
+        s.serialize_field("source", &self.source)?;
+        s.serialize_field("reason_code", &self.reason.code)?;
+        s.serialize_field("reason", &self.reason.detail)?;
+        s.end()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub desired: SaveConfig,
+    /// Sorted by LUN, then name.
+    pub projections: Vec<Projection>,
+    pub skipped: Vec<Skipped>,
+    /// Changes to the target itself (creation, enable, attributes, portals).
+    pub target_changes: Vec<String>,
+    /// LUN entries the plan removes, in any target (the dangerous operation).
+    pub lun_removals: usize,
+    /// Whether the desired configuration differs from the current one.
+    pub changed: bool,
+}
+
+impl Plan {
+    pub fn count(&self, action: Action) -> usize {
+        self.projections
+            .iter()
+            .filter(|p| p.action == action)
+            .count()
+    }
+}
+
+/// Computes the plan. Pure: the same inputs always give the same plan.
+pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig) -> Plan {
+    let (candidates, mut skipped) = candidates(policy, snapshot);
+    let state = CurrentState::read(current, policy);
+    let candidates = without_name_conflicts(candidates, &state, &mut skipped);
+    let allocation = allocate_luns(candidates, &state, policy.target.max_lun);
+    for c in &allocation.unplaced {
+        skipped.push(c.skipped(
+            ReasonCode::NoFreeLun,
+            format!(
+                "every LUN index from 0 to {} is in use (target.max_lun)",
+                policy.target.max_lun
+            ),
+        ));
+    }
+    build(policy, snapshot, current, &state, &allocation, skipped)
+}
+
+/// Every projection the catalogue asks for, in catalogue order, and the skipped images.
+fn candidates(policy: &Policy, snapshot: &Snapshot) -> (Vec<Candidate>, Vec<Skipped>) {
+    let catalogue = &policy.catalogue;
+    let mut skipped = Vec::new();
+    let mut candidates = Candidates::default();
+    // One trace reused for every image: the planner keeps only the verdicts.
+    let mut trace = Trace::default();
+    for entry in &snapshot.images {
+        trace.0.clear();
+        match rootfs_candidate(catalogue, snapshot, entry, &mut trace) {
+            Ok(candidate) => candidates.add(candidate, &mut skipped),
+            Err(skip) => skipped.push(*skip),
+        }
+    }
+    for object in snapshot.pe_objects.iter().filter(|o| is_pe_image(o)) {
+        trace.0.clear();
+        match pe_candidate(catalogue, snapshot, object, &mut trace) {
+            Ok(candidate) => candidates.add(candidate, &mut skipped),
+            Err(skip) => skipped.push(*skip),
+        }
+    }
+    (candidates.list, skipped)
+}
+
+/// Candidates in catalogue order, found by name in a map (the catalogue holds thousands).
+#[derive(Default)]
+struct Candidates {
+    list: Vec<Candidate>,
+    by_name: BTreeMap<String, usize>,
+}
+
+impl Candidates {
+    fn add(&mut self, candidate: Candidate, skipped: &mut Vec<Skipped>) {
+        let existing = self
+            .by_name
+            .get(&candidate.identity.name)
+            .and_then(|&at| self.list.get_mut(at));
+        match existing {
+            // Same identity means the same path and etag: one storage object serves both.
+            Some(existing) if existing.dev == candidate.dev && existing.size == candidate.size => {
+                existing.images.extend(candidate.images);
+            }
+            Some(existing) => {
+                let detail = format!(
+                    "its identity {} is already taken by {}",
+                    candidate.identity.name, existing.source
+                );
+                skipped.push(candidate.skipped(ReasonCode::NameConflict, detail));
+            }
+            None => {
+                self.by_name
+                    .insert(candidate.identity.name.clone(), self.list.len());
+                self.list.push(candidate);
+            }
+        }
+    }
+}
+
+/// A fileio object the tool does not manage already holds a candidate's name: the kernel
+/// allows one object per name, and that one is not ours to replace.
+fn without_name_conflicts(
+    mut candidates: Vec<Candidate>,
+    state: &CurrentState,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Candidate> {
+    candidates.retain(|c| match state.foreign_fileio.get(&c.identity.name) {
+        Some(dev) => {
+            skipped.push(c.skipped(
+                ReasonCode::NameConflict,
+                format!(
+                    "storage object fileio/{} already exists for {dev}, outside the mount; \
+                     it is not the tool's to replace",
+                    c.identity.name
+                ),
+            ));
+            false
+        }
+        None => true,
+    });
+    candidates
+}
+
+/// The desired configuration and what differs, in the order the edits must happen.
+fn build(
+    policy: &Policy,
+    snapshot: &Snapshot,
+    current: &SaveConfig,
+    state: &CurrentState,
+    allocation: &Allocation,
+    skipped: Vec<Skipped>,
+) -> Plan {
+    let mut desired = current.clone();
+    let object_edits = edit_storage_objects(&mut desired, policy, allocation);
+    // Removed objects: take their LUNs out of every target, so that no LUN points at nothing.
+    let removed_paths: BTreeSet<String> = object_edits
+        .removed
+        .iter()
+        .map(|name| storage_object_path("fileio", name))
+        .collect();
+    let mut lun_removals = edit::remove_luns_of(&mut desired, &removed_paths);
+    let (tpg, target_changes) = edit_target(&mut desired, policy);
+    let wanted_luns: Vec<(&str, u32)> = allocation
+        .placed
+        .iter()
+        .map(|(c, index)| (c.identity.name.as_str(), *index))
+        .collect();
+    let lun_edits = edit::sync_luns(tpg, &wanted_luns, &state.luns_of);
+    lun_removals += lun_edits.removed;
+
+    let mut projections = placed_projections(allocation, state, &object_edits, &lun_edits);
+    projections.extend(removed_projections(
+        policy,
+        snapshot,
+        state,
+        &object_edits.removed,
+    ));
+    projections.sort_by(|a, b| (a.lun, &a.name, a.action).cmp(&(b.lun, &b.name, b.action)));
+    let changed = desired != *current;
+    Plan {
+        desired,
+        projections,
+        skipped,
+        target_changes,
+        lun_removals,
+        changed,
+    }
+}
+
+/// Storage objects: the placed candidates' facts, new ones appended in LUN order.
+fn edit_storage_objects(
+    desired: &mut SaveConfig,
+    policy: &Policy,
+    allocation: &Allocation,
+) -> ObjectEdits {
+    let mut by_lun: Vec<&(Candidate, u32)> = allocation.placed.iter().collect();
+    by_lun.sort_by_key(|(_, index)| *index);
+    let wanted: Vec<(&str, ManagedObject)> = by_lun
+        .iter()
+        .map(|(c, _)| (c.identity.name.as_str(), c.managed_object()))
+        .collect();
+    edit::sync_storage_objects(desired, &policy.catalogue, &wanted)
+}
+
+/// The policy's target and TPG 1 (created when missing) with the policy's settings; the
+/// changes, as phrases.
+fn edit_target<'a>(
+    desired: &'a mut SaveConfig,
+    policy: &Policy,
+) -> (&'a mut serde_json::Value, Vec<String>) {
+    let target = &policy.target;
+    let mut created = Vec::new();
+    let tpg = edit::ensure_tpg1(desired, &target.iqn, &mut created);
+    let mut settings = Vec::new();
+    edit::apply_tpg_settings(tpg, target, &mut settings);
+    let Some(creation) = created.last_mut() else {
+        return (tpg, settings);
+    };
+    // A new TPG: one line for it rather than one per attribute.
+    let portals: Vec<String> = target.portals.iter().map(Portal::to_string).collect();
+    creation.push_str(&format!(
+        " (TPG 1 {}, portals {})",
+        if target.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        if portals.is_empty() {
+            "none".to_string()
+        } else {
+            portals.join(", ")
+        }
+    ));
+    (tpg, created)
+}
+
+/// A projection for every placed candidate: add, keep or update.
+fn placed_projections(
+    allocation: &Allocation,
+    state: &CurrentState,
+    object_edits: &ObjectEdits,
+    lun_edits: &LunEdits,
+) -> Vec<Projection> {
+    let mut projections = Vec::new();
+    for (candidate, index) in &allocation.placed {
+        let name = &candidate.identity.name;
+        let existed = state.managed.contains_key(name);
+        let mut changes: Vec<String> = object_edits
+            .updated
+            .get(name)
+            .map(|d| d.iter().map(Difference::as_change).collect())
+            .unwrap_or_default();
+        if existed && lun_edits.added.contains(name) {
+            changes.push(format!("LUN {index} added"));
+        }
+        if let Some(indices) = state.luns_of.get(name) {
+            for dropped in indices.iter().filter(|i| *i != index) {
+                changes.push(format!("duplicate LUN {dropped} removed"));
+            }
+        }
+        let action = if !existed {
+            Action::Add
+        } else if changes.is_empty() {
+            Action::Keep
+        } else {
+            Action::Update
+        };
+        projections.push(Projection {
+            kind: candidate.kind,
+            images: candidate.images.clone(),
+            source: candidate.source.clone(),
+            etag: candidate.etag.clone(),
+            name: name.clone(),
+            wwn: candidate.identity.wwn.clone(),
+            dev: candidate.dev.clone(),
+            size: candidate.size,
+            lun: Some(*index),
+            action,
+            changes: if action == Action::Update {
+                changes
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    projections
+}
+
+/// A projection for every managed object that goes, named by the image it served where the
+/// catalogue still tells.
+fn removed_projections(
+    policy: &Policy,
+    snapshot: &Snapshot,
+    state: &CurrentState,
+    removed: &BTreeSet<String>,
+) -> Vec<Projection> {
+    if removed.is_empty() {
+        return Vec::new();
+    }
+    let catalogue = &policy.catalogue;
+    let images_by_key = images_by_rootfs_key(policy, snapshot);
+    let mut projections = Vec::new();
+    for name in removed {
+        let Some(object) = state.managed.get(name) else {
+            continue;
+        };
+        let key = catalogue.key_for_dev(&object.dev).unwrap_or_default();
+        let is_pe = catalogue
+            .pe_prefixes
+            .iter()
+            .any(|p| key.starts_with(p.as_str()));
+        let (kind, image) = if is_pe {
+            (Kind::Pe, ImageRef::pe(key))
+        } else {
+            let image = images_by_key
+                .get(key)
+                .cloned()
+                .unwrap_or_else(ImageRef::unknown);
+            (Kind::Rootfs, image)
+        };
+        projections.push(Projection {
+            kind,
+            images: vec![image],
+            source: catalogue.url_for_key(key),
+            etag: None,
+            name: name.clone(),
+            wwn: object.wwn.clone().unwrap_or_default(),
+            dev: object.dev.clone(),
+            size: object.size.unwrap_or(0),
+            lun: state.kept_lun(name),
+            action: Action::Remove,
+            changes: Vec::new(),
+        });
+    }
+    projections
+}
+
+/// Which IMS image each rootfs key belongs to, as far as the manifests tell (the first
+/// record wins).
+fn images_by_rootfs_key(policy: &Policy, snapshot: &Snapshot) -> BTreeMap<String, ImageRef> {
+    let mut found = BTreeMap::new();
+    for record in snapshot.records() {
+        if let Some(key) = snapshot
+            .trail(record, &policy.catalogue.bucket)
+            .rootfs_key()
+        {
+            found
+                .entry(key.to_string())
+                .or_insert_with(|| ImageRef::of(record));
+        }
+    }
+    found
+}

@@ -1,0 +1,330 @@
+//! The projection rules (domain notes, section 4), one function per image kind. Each records
+//! the rules it applied in a [`Trace`]: the planner keeps only the verdict, `explain` prints
+//! every step, so the two cannot disagree.
+
+use super::{ImageRef, Kind, Skipped};
+use crate::identity::Identity;
+use crate::image::ImageEntry;
+use crate::lio::managed::ManagedObject;
+use crate::manifest::RootfsArtifact;
+use crate::policy::Catalogue;
+use crate::s3path;
+use crate::skip::{ReasonCode, SkipReason};
+use crate::snapshot::{MountEntry, PeObject, RootfsTrail, Snapshot};
+use serde::Serialize;
+
+/// A projection the catalogue asks for, before LUN allocation.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub kind: Kind,
+    pub images: Vec<ImageRef>,
+    pub source: String,
+    pub etag: Option<String>,
+    pub identity: Identity,
+    pub dev: String,
+    pub size: u64,
+    /// The object key in the bucket (and under the mount).
+    pub key: String,
+}
+
+impl Candidate {
+    /// The storage object facts this candidate wants.
+    pub fn managed_object(&self) -> ManagedObject {
+        ManagedObject::wanted(&self.dev, self.size, &self.identity.wwn)
+    }
+
+    /// This candidate, skipped after all (a name conflict, no free LUN).
+    pub fn skipped(&self, code: ReasonCode, detail: String) -> Skipped {
+        Skipped {
+            kind: self.kind,
+            image: self
+                .images
+                .first()
+                .cloned()
+                .unwrap_or_else(ImageRef::unknown),
+            source: Some(self.source.clone()),
+            reason: SkipReason::new(code, detail),
+        }
+    }
+}
+
+/// One rule as applied to one image (for `explain`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub rule: &'static str,
+    pub outcome: RuleOutcome,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleOutcome {
+    Pass,
+    Fail,
+    /// The rule cannot be checked with this source (the S3 ETag, offline).
+    NotChecked,
+}
+
+/// The rules an image went through, in order.
+#[derive(Debug, Default)]
+pub struct Trace(pub Vec<Step>);
+
+impl Trace {
+    fn pass(&mut self, rule: &'static str, detail: impl Into<String>) {
+        self.push(rule, RuleOutcome::Pass, detail.into());
+    }
+
+    fn push(&mut self, rule: &'static str, outcome: RuleOutcome, detail: String) {
+        self.0.push(Step {
+            rule,
+            outcome,
+            detail,
+        });
+    }
+
+    /// Records the failing rule and returns the skip.
+    fn fail(
+        &mut self,
+        rule: &'static str,
+        kind: Kind,
+        image: &ImageRef,
+        source: Option<String>,
+        reason: SkipReason,
+    ) -> Box<Skipped> {
+        self.push(rule, RuleOutcome::Fail, reason.to_string());
+        Box::new(Skipped {
+            kind,
+            image: image.clone(),
+            source,
+            reason,
+        })
+    }
+}
+
+pub const RULE_RECORD: &str = "IMS record";
+pub const RULE_TAG: &str = "tag filter";
+pub const RULE_LINK: &str = "link";
+pub const RULE_MANIFEST: &str = "manifest";
+pub const RULE_KEY: &str = "object key";
+pub const RULE_S3: &str = "S3 object";
+pub const RULE_MOUNT: &str = "mount file";
+
+/// Rules 1 to 4 for a rootfs image from IMS.
+pub fn rootfs_candidate(
+    catalogue: &Catalogue,
+    snapshot: &Snapshot,
+    entry: &ImageEntry,
+    trace: &mut Trace,
+) -> Result<Candidate, Box<Skipped>> {
+    let kind = Kind::Rootfs;
+    let record = match entry {
+        ImageEntry::Valid(record) => record,
+        ImageEntry::Invalid { id, name, problem } => {
+            let image = ImageRef {
+                id: id.clone(),
+                name: name.clone(),
+            };
+            let reason = SkipReason::new(ReasonCode::RecordInvalid, problem.clone());
+            return Err(trace.fail(RULE_RECORD, kind, &image, None, reason));
+        }
+    };
+    let image = ImageRef::of(record);
+    // Rule 1: the tag filter, then a link.
+    if let Err(why) = catalogue.select.check(record) {
+        let reason = SkipReason::new(ReasonCode::NotTagged, why);
+        return Err(trace.fail(RULE_TAG, kind, &image, record.link_path.clone(), reason));
+    }
+    trace.pass(RULE_TAG, "passes catalogue.ims.select");
+    // Rule 2: one readable manifest with one rootfs artifact, path and etag.
+    let (artifact, key) = match snapshot.trail(record, &catalogue.bucket) {
+        RootfsTrail::NoLink => {
+            let reason = SkipReason::new(ReasonCode::NoLink, "the IMS record has no link.path");
+            return Err(trace.fail(RULE_LINK, kind, &image, None, reason));
+        }
+        RootfsTrail::BadLink { link, problem } => {
+            let reason = SkipReason::new(ReasonCode::InvalidKey, format!("manifest {problem}"));
+            return Err(trace.fail(RULE_LINK, kind, &image, Some(link.to_string()), reason));
+        }
+        RootfsTrail::ManifestNotRead { link, .. } => {
+            trace.pass(RULE_LINK, link);
+            let reason = SkipReason::new(
+                ReasonCode::ManifestUnreadable,
+                format!("{link} was not read"),
+            );
+            return Err(trace.fail(RULE_MANIFEST, kind, &image, Some(link.to_string()), reason));
+        }
+        RootfsTrail::ManifestSkipped { link, reason, .. } => {
+            trace.pass(RULE_LINK, link);
+            let reason = SkipReason::new(reason.code, format!("{link}: {}", reason.detail));
+            return Err(trace.fail(RULE_MANIFEST, kind, &image, Some(link.to_string()), reason));
+        }
+        RootfsTrail::BadRootfsPath {
+            link,
+            artifact,
+            problem,
+            ..
+        } => {
+            pass_link_and_manifest(trace, link, artifact);
+            let reason = SkipReason::new(ReasonCode::InvalidKey, format!("rootfs {problem}"));
+            return Err(trace.fail(RULE_KEY, kind, &image, Some(artifact.path.clone()), reason));
+        }
+        RootfsTrail::Rootfs {
+            link,
+            artifact,
+            key,
+            ..
+        } => {
+            pass_link_and_manifest(trace, link, artifact);
+            (artifact, key)
+        }
+    };
+    trace.pass(RULE_KEY, key);
+    let source = artifact.path.clone();
+    // Rule 3: the S3 object exists with the manifest's etag (when S3 can be asked).
+    let s3_size = match &snapshot.objects {
+        None => {
+            trace.push(
+                RULE_S3,
+                RuleOutcome::NotChecked,
+                "offline catalogue: the manifest etag is trusted".to_string(),
+            );
+            None
+        }
+        Some(objects) => match objects.get(key) {
+            None => {
+                let reason = SkipReason::new(
+                    ReasonCode::S3ObjectMissing,
+                    format!("no S3 object at {}", artifact.path),
+                );
+                return Err(trace.fail(RULE_S3, kind, &image, Some(source), reason));
+            }
+            Some(object) if object.etag != artifact.etag => {
+                let reason = SkipReason::new(
+                    ReasonCode::EtagMismatch,
+                    format!(
+                        "S3 has ETag {:?}, the manifest says {:?}",
+                        object.etag, artifact.etag
+                    ),
+                );
+                return Err(trace.fail(RULE_S3, kind, &image, Some(source), reason));
+            }
+            Some(object) => {
+                trace.pass(
+                    RULE_S3,
+                    format!(
+                        "exists, {} bytes, ETag {} as in the manifest",
+                        object.size, object.etag
+                    ),
+                );
+                Some(object.size)
+            }
+        },
+    };
+    // Rule 4: the file is in the mount, non-empty, and as large as the S3 object.
+    let size = match mount_size(catalogue, snapshot, key, s3_size) {
+        Ok(size) => size,
+        Err(reason) => return Err(trace.fail(RULE_MOUNT, kind, &image, Some(source), reason)),
+    };
+    trace.pass(
+        RULE_MOUNT,
+        format!("{}, {size} bytes", catalogue.dev_for_key(key)),
+    );
+    Ok(Candidate {
+        kind,
+        images: vec![image],
+        source,
+        etag: Some(artifact.etag.clone()),
+        identity: Identity::rootfs(&artifact.path, &artifact.etag),
+        dev: catalogue.dev_for_key(key),
+        size,
+        key: key.to_string(),
+    })
+}
+
+fn pass_link_and_manifest(trace: &mut Trace, link: &str, artifact: &RootfsArtifact) {
+    trace.pass(RULE_LINK, link);
+    trace.pass(
+        RULE_MANIFEST,
+        format!("rootfs {} etag {}", artifact.path, artifact.etag),
+    );
+}
+
+/// A PE object: every object under the PE prefixes that is in the mount with the same size.
+pub fn pe_candidate(
+    catalogue: &Catalogue,
+    snapshot: &Snapshot,
+    object: &PeObject,
+    trace: &mut Trace,
+) -> Result<Candidate, Box<Skipped>> {
+    let key = object.key.as_str();
+    let source = catalogue.url_for_key(key);
+    let image = ImageRef::pe(key);
+    if let Err(e) = s3path::check_key(key) {
+        let reason = SkipReason::new(ReasonCode::InvalidKey, e.to_string());
+        return Err(trace.fail(RULE_KEY, Kind::Pe, &image, Some(source), reason));
+    }
+    trace.pass(
+        RULE_KEY,
+        format!("{key}, {} bytes in the listing", object.size),
+    );
+    let size = match mount_size(catalogue, snapshot, key, Some(object.size)) {
+        Ok(size) => size,
+        Err(reason) => return Err(trace.fail(RULE_MOUNT, Kind::Pe, &image, Some(source), reason)),
+    };
+    trace.pass(
+        RULE_MOUNT,
+        format!("{}, {size} bytes", catalogue.dev_for_key(key)),
+    );
+    Ok(Candidate {
+        kind: Kind::Pe,
+        images: vec![image],
+        identity: Identity::pe(&catalogue.bucket, key),
+        source,
+        etag: object.etag.clone(),
+        dev: catalogue.dev_for_key(key),
+        size,
+        key: key.to_string(),
+    })
+}
+
+/// A folder marker or any empty object is not an image.
+pub fn is_pe_image(object: &PeObject) -> bool {
+    !object.key.ends_with('/') && object.size > 0
+}
+
+/// Rule 4: the file's size in the mount, if it may be served.
+fn mount_size(
+    catalogue: &Catalogue,
+    snapshot: &Snapshot,
+    key: &str,
+    expected: Option<u64>,
+) -> Result<u64, SkipReason> {
+    let path = catalogue.dev_for_key(key);
+    let reason = SkipReason::new;
+    match snapshot.mount.get(key) {
+        None | Some(MountEntry::Missing) => Err(reason(
+            ReasonCode::NotInMount,
+            format!("{path} does not exist"),
+        )),
+        Some(MountEntry::NotAFile) => Err(reason(
+            ReasonCode::NotInMount,
+            format!("{path} is not a regular file"),
+        )),
+        Some(MountEntry::Error(e)) => Err(reason(
+            ReasonCode::NotInMount,
+            format!("cannot stat {path}: {e}"),
+        )),
+        // The kernel would advertise a huge disk for size 0: never emit it.
+        Some(MountEntry::File { size: 0 }) => Err(reason(
+            ReasonCode::SizeMismatch,
+            format!("{path} is empty (upload in progress or stale cache): not yet"),
+        )),
+        Some(MountEntry::File { size }) => match expected {
+            Some(expected) if expected != *size => Err(reason(
+                ReasonCode::SizeMismatch,
+                format!("{path} has {size} bytes, S3 has {expected}: not yet"),
+            )),
+            _ => Ok(*size),
+        },
+    }
+}
