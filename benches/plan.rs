@@ -80,9 +80,12 @@ fn main() {
         // The current configuration: the plan of half the catalogue, applied.
         let mut half = full.clone();
         half.images.truncate(n / 2);
-        let current = sbps_reconcile::plan::plan(&policy, &half, &SaveConfig::empty()).desired;
-        let plan_time = time(5, || sbps_reconcile::plan::plan(&policy, &full, &current));
-        let plan = sbps_reconcile::plan::plan(&policy, &full, &current);
+        let current =
+            sbps_reconcile::plan::plan(&policy, &half, &SaveConfig::empty(), None).desired;
+        let plan_time = time(5, || {
+            sbps_reconcile::plan::plan(&policy, &full, &current, None)
+        });
+        let plan = sbps_reconcile::plan::plan(&policy, &full, &current, None);
         let current_text = current.to_canonical();
         let canonical_time = time(5, || plan.desired.to_canonical());
         let desired_text = plan.desired.to_canonical();
@@ -90,9 +93,9 @@ fn main() {
             sbps_reconcile::diff::unified(&current_text, &desired_text)
         });
         let noop_time = time(5, || {
-            sbps_reconcile::plan::plan(&policy, &full, &plan.desired)
+            sbps_reconcile::plan::plan(&policy, &full, &plan.desired, None)
         });
-        assert!(!sbps_reconcile::plan::plan(&policy, &full, &plan.desired).changed);
+        assert!(!sbps_reconcile::plan::plan(&policy, &full, &plan.desired, None).changed);
         println!(
             "{:>7} {:>10.1}ms {:>12.1}ms {:>10.1}ms {:>10.1}ms",
             n + n / 10,

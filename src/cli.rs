@@ -7,9 +7,10 @@ use std::path::PathBuf;
 
 /// Project IMS and PE boot images as read-only LIO iSCSI LUNs: one reconcile run.
 ///
-/// Reads the policy and the catalogue (IMS, S3, the s3fs mount), plans the LIO configuration,
-/// prints what changes, and (unless --dry-run) applies it with `targetctl restore`, verifies
-/// it with `targetctl save`, and rolls back on failure. Nothing runs when nothing changed.
+/// Reads the policy, the catalogue (IMS, S3, the s3fs mount) and the running target
+/// (configfs), plans the LIO configuration, prints what changes, and (unless --dry-run)
+/// applies it in place through configfs (or with `targetctl restore`), verifies it, rolls
+/// back on failure, and saves saveconfig.json. Nothing runs when nothing changed.
 #[derive(Debug, Parser)]
 #[command(name = "sbps-reconcile", version, max_term_width = 100)]
 pub struct Cli {

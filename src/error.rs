@@ -45,7 +45,8 @@ named_enum! {
         Policy = "policy",
         /// A source (IMS, S3, the mount) could not be read; nothing was touched.
         Source = "source",
-        /// The current saveconfig.json cannot be read or understood; nothing was touched.
+        /// The current saveconfig.json, or the running target in configfs, cannot be read or
+        /// understood; nothing was touched.
         CurrentConfig = "current_config",
         /// A safety limit refused the plan; nothing was touched.
         Safety = "safety",
@@ -102,6 +103,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the running target from configfs")]
+    RunningConfig(#[source] KernelError),
     #[error("refused: {0}")]
     Safety(#[from] Refusal),
     #[error("lock {} is held by another process ({holder}); try again later", path.display())]
@@ -131,9 +134,9 @@ impl Error {
         match self {
             Error::PolicyRead { .. } | Error::PolicyInvalid { .. } => ErrorKind::Policy,
             Error::Source(_) => ErrorKind::Source,
-            Error::CurrentConfig { .. } | Error::CurrentConfigRead { .. } => {
-                ErrorKind::CurrentConfig
-            }
+            Error::CurrentConfig { .. }
+            | Error::CurrentConfigRead { .. }
+            | Error::RunningConfig(_) => ErrorKind::CurrentConfig,
             Error::Safety(_) => ErrorKind::Safety,
             Error::LockBusy { .. } => ErrorKind::LockBusy,
             Error::Apply(_) => ErrorKind::Apply,
@@ -166,6 +169,20 @@ impl FileError {
             source,
         }
     }
+}
+
+/// A configfs operation the kernel refused, or that failed: what, where, and the OS error
+/// (`EINVAL` is the kernel refusing a value; `EBUSY` an object still exported).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {}{}", path.display(), value.as_ref().map(|v| format!(" (value {v:?})")).unwrap_or_default())]
+pub struct KernelError {
+    /// `mkdir`, `rmdir`, `write`, `read`, `list`, `link`, `unlink`.
+    pub op: &'static str,
+    pub path: PathBuf,
+    /// What was written, for a write.
+    pub value: Option<String>,
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// Why a `saveconfig.json` cannot be edited safely.
@@ -346,6 +363,38 @@ pub enum ApplyError {
     },
     #[error("verify: `targetctl save` wrote an unreadable file: {0}")]
     VerifyUnreadable(ConfigProblem),
+    #[error(
+        "LIO's configfs is not at {} (is configfs mounted and target_core_mod loaded, as \
+         target.service does?); nothing applied",
+        root.display()
+    )]
+    NotLoaded { root: PathBuf },
+    #[error("cannot read the running target")]
+    Kernel(#[source] KernelError),
+    #[error("configfs step \"{step}\" failed")]
+    Step {
+        step: String,
+        #[source]
+        source: KernelError,
+    },
+    #[error(
+        "undoing failed: {}{}",
+        failures.join("; "),
+        if differences.is_empty() { String::new() } else { format!("; the running target differs from before: {}", differences.join("; ")) }
+    )]
+    Undo {
+        failures: Vec<String>,
+        differences: Vec<String>,
+    },
+    /// The kernel runs the plan, but the file could not be written.
+    #[error(
+        "the running target was changed, but saving the configuration failed (the next run \
+         saves it)"
+    )]
+    Unsaved {
+        #[source]
+        source: FileError,
+    },
     #[error(
         "verify: the running configuration differs from what was written: {}",
         differences.join("; ")

@@ -15,6 +15,7 @@ pub mod explain;
 pub mod fsio;
 pub mod identity;
 pub mod image;
+pub mod kernel;
 pub mod lio;
 pub mod logger;
 pub mod man;

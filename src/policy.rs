@@ -80,6 +80,22 @@ pub struct LioSection {
     /// targetcli's lock, held while an interactive targetcli runs: `targetctl restore` would
     /// wipe its unsaved changes. Empty string to not take it.
     pub targetcli_lock: PathBuf,
+    /// How the running target is changed: in place through configfs, or by a whole
+    /// `targetctl restore`.
+    pub apply: ApplyMode,
+    /// LIO's configfs tree (`/sys/kernel/config/target`): read every run, and changed in
+    /// place by `apply: configfs`.
+    pub configfs: PathBuf,
+}
+
+/// How the running target is changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyMode {
+    /// Object by object through configfs, as rtslib does underneath: no session drops.
+    Configfs,
+    /// `targetctl restore`: clears the whole running target and rebuilds it.
+    Restore,
 }
 
 impl Default for LioSection {
@@ -91,6 +107,8 @@ impl Default for LioSection {
             backups_kept: 10,
             lock_file: "/run/sbps-reconcile.lock".into(),
             targetcli_lock: "/var/run/targetcli.lock".into(),
+            apply: ApplyMode::Configfs,
+            configfs: "/sys/kernel/config/target".into(),
         }
     }
 }
@@ -324,6 +342,7 @@ impl PolicyFile {
         resolve(&mut self.lio.backup_dir);
         resolve(&mut self.lio.lock_file);
         resolve(&mut self.lio.targetcli_lock);
+        resolve(&mut self.lio.configfs);
         resolve(&mut self.catalogue.mount);
         let ims = &mut self.catalogue.ims;
         for path in [&mut ims.file, &mut ims.ca_bundle].into_iter().flatten() {
@@ -432,6 +451,8 @@ pub struct LioSettings {
     pub backups_kept: usize,
     pub lock_file: PathBuf,
     pub targetcli_lock: Option<PathBuf>,
+    pub apply: ApplyMode,
+    pub configfs: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -715,6 +736,7 @@ fn check_lio(section: LioSection) -> Result<LioSettings, String> {
         ("targetctl", &section.targetctl),
         ("backup_dir", &section.backup_dir),
         ("lock_file", &section.lock_file),
+        ("configfs", &section.configfs),
     ] {
         if !path.is_absolute() {
             return Err(format!("{name} {path:?} is not an absolute path"));
@@ -743,6 +765,8 @@ fn check_lio(section: LioSection) -> Result<LioSettings, String> {
         backups_kept: section.backups_kept,
         lock_file: section.lock_file,
         targetcli_lock,
+        apply: section.apply,
+        configfs: section.configfs,
     })
 }
 

@@ -7,7 +7,7 @@ use crate::diff;
 use crate::error::{self, Error, ErrorKind};
 use crate::lio::SaveConfig;
 use crate::plan::{Action, Plan, Projection, Skipped};
-use crate::policy::Policy;
+use crate::policy::{ApplyMode, Policy};
 use crate::skip::ReasonCode;
 use crate::snapshot::Snapshot;
 use serde::Serialize;
@@ -31,7 +31,13 @@ pub struct Report {
     pub projections: Vec<Projection>,
     pub skipped: Vec<Skipped>,
     pub target_changes: Vec<String>,
+    /// How the running target differs from the plan (read from configfs), one line each.
+    pub drift: Vec<String>,
     pub lun_removals: usize,
+    /// `configfs` (in place) or `restore`.
+    pub apply_mode: Option<ApplyMode>,
+    /// Changes made to the running target by this run: configfs steps, or 1 for a restore.
+    pub kernel_changes: usize,
     pub backup: Option<String>,
     pub notes: Vec<String>,
     pub diff: String,
@@ -69,7 +75,10 @@ impl Report {
             projections: Vec::new(),
             skipped: Vec::new(),
             target_changes: Vec::new(),
+            drift: Vec::new(),
             lun_removals: 0,
+            apply_mode: None,
+            kernel_changes: 0,
             backup: None,
             notes: Vec::new(),
             diff: String::new(),
@@ -84,11 +93,13 @@ impl Report {
         policy: &Policy,
         snapshot: &Snapshot,
         current: &SaveConfig,
+        running_read: bool,
         plan: &Plan,
         dry_run: bool,
     ) -> Report {
         let mut report = Report::empty(dry_run);
         report.mode = Some(policy.catalogue.mode());
+        report.apply_mode = Some(policy.lio.apply);
         report.etag_verified = snapshot.verifies_etags();
         if !snapshot.verifies_etags() {
             report.notes.push(
@@ -96,8 +107,16 @@ impl Report {
                     .to_string(),
             );
         }
+        if !running_read {
+            report.notes.push(format!(
+                "running target not read: LIO is not loaded here ({} has no core/); planned \
+                 against saveconfig.json alone",
+                policy.lio.configfs.display()
+            ));
+        }
         report.target = Some(policy.target.iqn.clone());
-        report.changed = plan.changed;
+        report.changed = plan.needs_apply();
+        report.drift = plan.drift.clone();
         report.summary = Summary {
             add: plan.count(Action::Add),
             remove: plan.count(Action::Remove),
@@ -157,6 +176,15 @@ impl Report {
             let _ = writeln!(out, "{heading}:");
             for line in &changes {
                 let _ = writeln!(out, "  {line}");
+            }
+        }
+        if !self.drift.is_empty() {
+            let _ = writeln!(
+                out,
+                "Running target differs from the plan (repaired by an apply):"
+            );
+            for line in &self.drift {
+                let _ = writeln!(out, "  ~ {line}");
             }
         }
         let (untagged, listed): (Vec<&Skipped>, Vec<&Skipped>) = self

@@ -6,7 +6,9 @@ use crate::apply::{self, Lock};
 use crate::cli::{Cli, Command, Output};
 use crate::diff;
 use crate::error::{Error, ErrorKind, Exit, Refusal};
+use crate::kernel::configfs::Configfs;
 use crate::lio::managed::ManagedView;
+use crate::lio::running::RunningState;
 use crate::lio::SaveConfig;
 use crate::logger;
 use crate::metrics::{PlanFigures, RunMetrics};
@@ -111,11 +113,12 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     record.metrics_file.clone_from(&policy.metrics_file);
     let current = CurrentFile::read(&policy.lio.saveconfig)?;
     let snapshot = read_catalogue(&policy)?;
+    let running = read_running(&policy)?;
 
-    let plan = plan_and_report(&policy, &snapshot, &current, cli, record);
+    let plan = plan_and_report(&policy, &snapshot, &current, running.as_ref(), cli, record);
     log_plan(&plan);
     check_safety(&policy, &plan, cli.allow_removals)?;
-    if !plan.changed {
+    if !plan.needs_apply() {
         log_summary(&plan, false, cli.dry_run);
         return Ok(Exit::Success);
     }
@@ -129,19 +132,24 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
         Some(path) => Some(Lock::acquire(path, "targetcli")?),
         None => None,
     };
-    // The file may have changed while we read the catalogue without the lock: plan again
-    // against what is there now (the planner is cheap and pure).
+    // The file or the running target may have changed while we read the catalogue without
+    // the lock: plan again against what is there now (the planner is cheap and pure).
     let current_now = CurrentFile::read(&policy.lio.saveconfig)?;
-    let (current, plan) = if current_now.bytes == current.bytes {
+    let running_now = read_running(&policy)?;
+    let (current, plan) = if current_now.bytes == current.bytes && running_now == running {
         (current, plan)
     } else {
-        log::info!(
-            "{} changed during the run; planning again",
-            policy.lio.saveconfig.display()
+        log::info!("the configuration changed during the run; planning again");
+        let plan = plan_and_report(
+            &policy,
+            &snapshot,
+            &current_now,
+            running_now.as_ref(),
+            cli,
+            record,
         );
-        let plan = plan_and_report(&policy, &snapshot, &current_now, cli, record);
         check_safety(&policy, &plan, cli.allow_removals)?;
-        if !plan.changed {
+        if !plan.needs_apply() {
             log_summary(&plan, false, false);
             return Ok(Exit::Success);
         }
@@ -149,21 +157,32 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     };
 
     let expected = ManagedView::of(&plan.desired, &policy.catalogue, &policy.target);
-    let verify = |saved: &SaveConfig| {
-        ManagedView::of(saved, &policy.catalogue, &policy.target).differences(&expected)
-    };
     let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H:%M:%S").to_string();
-    let applied = apply::apply(
-        &policy.lio,
-        current.bytes.as_deref(),
-        &plan.desired,
-        &stamp,
-        &verify,
-    )?;
+    let change = apply::Change {
+        previous: current.bytes.as_deref(),
+        desired: &plan.desired,
+        expected: &expected,
+        stamp: &stamp,
+    };
+    let applied = apply::apply(&policy, &change)?;
     record.report.applied = true;
+    record.report.kernel_changes = applied.kernel_changes;
     record.report.backup = applied.backup.map(|p| p.display().to_string());
     log_summary(&plan, true, false);
     Ok(changed_exit(cli))
+}
+
+/// What the kernel runs, from configfs; `None` where LIO is not loaded (nothing to compare
+/// with: the plan is made against the file alone).
+fn read_running(policy: &Policy) -> Result<Option<RunningState>, Error> {
+    let configfs = Configfs::new(&policy.lio.configfs);
+    if !configfs.is_loaded() {
+        return Ok(None);
+    }
+    configfs
+        .read(&policy.catalogue, &policy.target)
+        .map(Some)
+        .map_err(Error::RunningConfig)
 }
 
 /// A run that had changes: exit 2 with `--detailed-exitcode`.
@@ -184,11 +203,19 @@ fn plan_and_report(
     policy: &Policy,
     snapshot: &Snapshot,
     current: &CurrentFile,
+    running: Option<&RunningState>,
     cli: &Cli,
     record: &mut RunRecord,
 ) -> Plan {
-    let plan = plan::plan(policy, snapshot, &current.config);
-    record.report = Report::of_plan(policy, snapshot, &current.config, &plan, cli.dry_run);
+    let plan = plan::plan(policy, snapshot, &current.config, running);
+    record.report = Report::of_plan(
+        policy,
+        snapshot,
+        &current.config,
+        running.is_some(),
+        &plan,
+        cli.dry_run,
+    );
     record.figures = Some(PlanFigures::of(&plan));
     plan
 }
@@ -284,8 +311,17 @@ fn status_command(cli: &Cli) -> Exit {
     let result = (|| {
         let policy = load_policy(cli)?;
         let current = CurrentFile::read(&policy.lio.saveconfig)?;
+        let running = read_running(&policy)?;
         let (plan, catalogue_error) = match read_catalogue(&policy) {
-            Ok(snapshot) => (Some(plan::plan(&policy, &snapshot, &current.config)), None),
+            Ok(snapshot) => (
+                Some(plan::plan(
+                    &policy,
+                    &snapshot,
+                    &current.config,
+                    running.as_ref(),
+                )),
+                None,
+            ),
             Err(e) => {
                 let text = crate::error::chain(&e);
                 log::warn!("{text}");
@@ -317,7 +353,8 @@ fn explain_command(cli: &Cli, query: &str) -> Exit {
         let policy = load_policy(cli)?;
         let current = CurrentFile::read(&policy.lio.saveconfig)?;
         let snapshot = read_catalogue(&policy)?;
-        let plan = plan::plan(&policy, &snapshot, &current.config);
+        let running = read_running(&policy)?;
+        let plan = plan::plan(&policy, &snapshot, &current.config, running.as_ref());
         Ok::<_, Error>(explain::explain(&policy, &snapshot, &plan, query))
     })();
     match result {

@@ -244,7 +244,7 @@ pub fn portal_of(entry: &Value) -> Option<(IpAddr, u16)> {
 }
 
 /// Everything the tool manages in a configuration, reduced to comparable values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ManagedView {
     /// fileio storage objects whose `dev` lies under the mount, by name.
     pub objects: BTreeMap<String, ManagedObject>,

@@ -8,6 +8,7 @@
 pub mod canonical;
 pub mod edit;
 pub mod managed;
+pub mod running;
 
 use crate::describe::json_value as describe;
 use crate::error::ConfigProblem;

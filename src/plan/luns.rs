@@ -3,6 +3,7 @@
 
 use super::rules::Candidate;
 use crate::lio::managed::ManagedObject;
+use crate::lio::running::RunningState;
 use crate::lio::{fileio_name, lun_index, luns, SaveConfig};
 use crate::policy::Policy;
 use serde_json::Value;
@@ -14,14 +15,24 @@ pub struct CurrentState {
     pub managed: BTreeMap<String, ManagedObject>,
     /// fileio storage objects the tool does not manage: name to dev.
     pub foreign_fileio: BTreeMap<String, String>,
-    /// Every LUN index in the policy's TPG 1.
+    /// Every LUN index in the policy's TPG 1, in the file or in the running target.
     pub lun_indices: BTreeSet<u32>,
-    /// LUN indices in TPG 1 by the managed storage object they serve.
+    /// The indices among them that serve managed objects (the others are not ours).
+    pub managed_lun_indices: BTreeSet<u32>,
+    /// LUN indices in the file's TPG 1 by the managed storage object they serve.
     pub luns_of: BTreeMap<String, BTreeSet<u32>>,
+    /// The LUN each managed object is served at by the running target (the lowest), which
+    /// is what initiators hold: it wins over the file.
+    pub running_luns: BTreeMap<String, u32>,
 }
 
 impl CurrentState {
-    pub fn read(current: &SaveConfig, policy: &Policy) -> CurrentState {
+    /// The file's state, and the running target's LUNs when it was read.
+    pub fn read(
+        current: &SaveConfig,
+        policy: &Policy,
+        running: Option<&RunningState>,
+    ) -> CurrentState {
         let mut managed = BTreeMap::new();
         let mut foreign_fileio = BTreeMap::new();
         for so in current.storage_objects() {
@@ -46,17 +57,34 @@ impl CurrentState {
                 luns_of.entry(name.to_string()).or_default().insert(index);
             }
         }
+        let mut managed_lun_indices: BTreeSet<u32> = luns_of.values().flatten().copied().collect();
+        let mut running_luns = BTreeMap::new();
+        if let Some(running) = running {
+            for (index, lun) in &running.luns {
+                lun_indices.insert(*index);
+                if let Some(name) = &lun.managed {
+                    managed_lun_indices.insert(*index);
+                    running_luns.entry(name.clone()).or_insert(*index);
+                }
+            }
+        }
         CurrentState {
             managed,
             foreign_fileio,
             lun_indices,
+            managed_lun_indices,
             luns_of,
+            running_luns,
         }
     }
 
-    /// The LUN a managed object keeps: its lowest in TPG 1.
+    /// The LUN a managed object keeps: where the running target serves it, else its lowest
+    /// in the file's TPG 1.
     pub fn kept_lun(&self, name: &str) -> Option<u32> {
-        self.luns_of.get(name).and_then(|l| l.first().copied())
+        self.running_luns
+            .get(name)
+            .copied()
+            .or_else(|| self.luns_of.get(name).and_then(|l| l.first().copied()))
     }
 }
 
@@ -75,12 +103,11 @@ pub fn allocate_luns(candidates: Vec<Candidate>, state: &CurrentState, max_lun: 
     let mut placed = Vec::new();
     let mut new = Vec::new();
     // Indices that stay taken: LUNs of objects the tool does not manage, and kept LUNs.
-    let mut taken: BTreeSet<u32> = state.lun_indices.clone();
-    for luns in state.luns_of.values() {
-        for index in luns {
-            taken.remove(index);
-        }
-    }
+    let mut taken: BTreeSet<u32> = state
+        .lun_indices
+        .difference(&state.managed_lun_indices)
+        .copied()
+        .collect();
     for candidate in candidates {
         match state.kept_lun(&candidate.identity.name) {
             Some(index) => {

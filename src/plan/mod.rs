@@ -15,7 +15,8 @@ pub mod rules;
 use crate::codes::named_enum;
 use crate::image::ImageRecord;
 use crate::lio::edit::{self, LunEdits, ObjectEdits};
-use crate::lio::managed::{Difference, ManagedObject};
+use crate::lio::managed::{Difference, ManagedObject, ManagedView};
+use crate::lio::running::RunningState;
 use crate::lio::{storage_object_path, SaveConfig};
 use crate::policy::{Policy, Portal};
 use crate::skip::{ReasonCode, SkipReason};
@@ -170,9 +171,17 @@ pub struct Plan {
     pub lun_removals: usize,
     /// Whether the desired configuration differs from the current one.
     pub changed: bool,
+    /// How the running target differs from the desired configuration, one line each (empty
+    /// when it was not read).
+    pub drift: Vec<String>,
 }
 
 impl Plan {
+    /// Whether the file or the running target must change.
+    pub fn needs_apply(&self) -> bool {
+        self.changed || !self.drift.is_empty()
+    }
+
     pub fn count(&self, action: Action) -> usize {
         self.projections
             .iter()
@@ -181,10 +190,16 @@ impl Plan {
     }
 }
 
-/// Computes the plan. Pure: the same inputs always give the same plan.
-pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig) -> Plan {
+/// Computes the plan against the current file and, when it was read, the running target.
+/// Pure: the same inputs always give the same plan.
+pub fn plan(
+    policy: &Policy,
+    snapshot: &Snapshot,
+    current: &SaveConfig,
+    running: Option<&RunningState>,
+) -> Plan {
     let (candidates, mut skipped) = candidates(policy, snapshot);
-    let state = CurrentState::read(current, policy);
+    let state = CurrentState::read(current, policy, running);
     let candidates = without_name_conflicts(candidates, &state, &mut skipped);
     let allocation = allocate_luns(candidates, &state, policy.target.max_lun);
     for c in &allocation.unplaced {
@@ -196,7 +211,12 @@ pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig) -> Plan 
             ),
         ));
     }
-    build(policy, snapshot, current, &state, &allocation, skipped)
+    let mut plan = build(policy, snapshot, current, &state, &allocation, skipped);
+    if let Some(running) = running {
+        let desired = ManagedView::of(&plan.desired, &policy.catalogue, &policy.target);
+        plan.drift = running.drift(&desired);
+    }
+    plan
 }
 
 /// Every projection the catalogue asks for, in catalogue order, and the skipped images.
@@ -324,6 +344,7 @@ fn build(
         target_changes,
         lun_removals,
         changed,
+        drift: Vec::new(),
     }
 }
 
@@ -395,7 +416,11 @@ fn placed_projections(
         }
         if let Some(indices) = state.luns_of.get(name) {
             for dropped in indices.iter().filter(|i| *i != index) {
-                changes.push(format!("duplicate LUN {dropped} removed"));
+                changes.push(if state.running_luns.get(name) == Some(index) {
+                    format!("LUN {dropped} in the file is LUN {index} in the running target")
+                } else {
+                    format!("duplicate LUN {dropped} removed")
+                });
             }
         }
         let action = if !existed {

@@ -36,9 +36,9 @@ fn golden_cases() {
             Ok(bytes) => SaveConfig::parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}")),
             Err(_) => SaveConfig::empty(),
         };
-        let plan = plan(&policy, &snapshot, &current);
+        let plan = plan(&policy, &snapshot, &current, None);
         let json = plan.desired.to_canonical();
-        let text = Report::of_plan(&policy, &snapshot, &current, &plan, true).to_text();
+        let text = Report::of_plan(&policy, &snapshot, &current, false, &plan, true).to_text();
         if bless {
             fs::write(case.join("expected.json"), &json).unwrap();
             fs::write(case.join("expected.txt"), &text).unwrap();

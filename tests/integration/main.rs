@@ -3,6 +3,7 @@
 mod cli;
 mod examples;
 mod golden;
+mod inplace;
 #[cfg(feature = "live")]
 mod live;
 mod operator;

@@ -1,6 +1,7 @@
 //! A directory per test with a policy, an offline catalogue (IMS file + mount), an
 //! `etc/target`, and the stand-in `targetctl`; runs the real binary in it.
 
+use super::configfs::FakeConfigfs;
 use assert_cmd::Command;
 use serde_json::{json, Value};
 use std::fs;
@@ -8,7 +9,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub struct Sandbox {
+    /// Declared before `dir`: it is unmounted before the directory goes.
+    configfs: Option<FakeConfigfs>,
     dir: tempfile::TempDir,
+    /// `lio.apply` of the policy: `restore` (the stand-in targetctl) or `configfs` (the
+    /// stand-in configfs).
+    apply: &'static str,
 }
 
 /// What one run of the binary did.
@@ -45,7 +51,11 @@ impl Sandbox {
             .prefix("sbps-test-")
             .tempdir()
             .expect("temp dir");
-        let sandbox = Sandbox { dir };
+        let sandbox = Sandbox {
+            configfs: None,
+            dir,
+            apply: "restore",
+        };
         for sub in ["mount", "etc/target", "bin", "run"] {
             fs::create_dir_all(sandbox.path(sub)).unwrap();
         }
@@ -59,6 +69,26 @@ impl Sandbox {
         sandbox.write("images.json", "[]\n");
         sandbox.write_policy("", 10);
         sandbox
+    }
+
+    /// A sandbox whose running target is the stand-in configfs, changed in place; `None`
+    /// when FUSE cannot be used here (the test is then skipped, and fails under CI).
+    pub fn in_place() -> Option<Sandbox> {
+        let mut sandbox = Sandbox::new();
+        sandbox.configfs = Some(FakeConfigfs::mount(
+            &sandbox.path("configfs"),
+            &sandbox.path("configfs-state"),
+        )?);
+        sandbox.apply = "configfs";
+        sandbox.write_policy("", 10);
+        Some(sandbox)
+    }
+
+    /// The stand-in configfs of an `in_place` sandbox.
+    pub fn configfs(&self) -> &FakeConfigfs {
+        self.configfs
+            .as_ref()
+            .expect("a sandbox made by Sandbox::in_place")
     }
 
     pub fn root(&self) -> &Path {
@@ -83,7 +113,8 @@ impl Sandbox {
         fs::read_to_string(self.path(rel)).ok()
     }
 
-    /// Writes the policy; `target_extra` lines go under `target:`.
+    /// Writes the policy; `target_extra` lines go under `target:` (with `portals:`, they
+    /// replace the one portal).
     pub fn write_policy(&self, target_extra: &str, max_removals: usize) {
         let root = self.root().display();
         let catalogue = format!(
@@ -93,15 +124,23 @@ impl Sandbox {
     }
 
     /// Writes the policy with a `catalogue:` section of the caller's.
+    /// `target_extra` may name `portals:` itself; else the target has one portal.
     pub fn write_policy_with(&self, target_extra: &str, max_removals: usize, catalogue: &str) {
         let root = self.root().display();
+        let apply = self.apply;
+        let portals = if target_extra.contains("portals:") {
+            ""
+        } else {
+            "portals: [\"10.252.1.10:3260\"]\n  "
+        };
         self.write(
             "policy.yaml",
             format!(
-                "target:\n  iqn: \"iqn.2023-06.csm.iscsi:ncn-w001\"\n  portals: [\"10.252.1.10:3260\"]\n  {target_extra}\n\
+                "target:\n  iqn: \"iqn.2023-06.csm.iscsi:ncn-w001\"\n  {portals}{target_extra}\n\
                  lio:\n  saveconfig: {root}/etc/target/saveconfig.json\n  targetctl: {root}/bin/targetctl\n\
                  \x20 backup_dir: {root}/etc/target/backup\n  lock_file: {root}/run/sbps-reconcile.lock\n\
                  \x20 targetcli_lock: {root}/run/targetcli.lock\n\
+                 \x20 apply: {apply}\n  configfs: {root}/configfs\n\
                  {catalogue}\
                  safety:\n  max_removals: {max_removals}\n"
             ),

@@ -1,0 +1,106 @@
+//! Backups of `saveconfig.json`, as targetcli makes them.
+
+use crate::error::FileError;
+use crate::fsio::write_atomic;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Backs up the current file as targetcli does: `<dir>/saveconfig-YYYYmmdd-HH:MM:SS-json.gz`,
+/// mode 0600, only when it differs from the newest backup, keeping the newest `keep`.
+/// Returns the new backup's path, if one was written.
+pub fn backup(
+    dir: &Path,
+    keep: usize,
+    current: &[u8],
+    stamp: &str,
+) -> Result<Option<PathBuf>, FileError> {
+    fs::create_dir_all(dir).map_err(|e| FileError::new("create", dir, e))?;
+    let existing = list_backups(dir)?;
+    if let Some(newest) = existing.last() {
+        if read_backup(newest).is_some_and(|bytes| bytes == current) {
+            return Ok(None);
+        }
+    }
+    let path = dir.join(format!("saveconfig-{stamp}-json.gz"));
+    let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let compressed = encoder
+        .write_all(current)
+        .and_then(|()| encoder.finish())
+        .map_err(|e| FileError::new("compress backup", &path, e))?;
+    write_atomic(&path, &compressed)?;
+    let mut all = list_backups(dir)?;
+    let excess = all.len().saturating_sub(keep);
+    for old in all.drain(..excess) {
+        if let Err(e) = fs::remove_file(&old) {
+            log::warn!("cannot remove old backup {}: {e}", old.display());
+        }
+    }
+    Ok(Some(path))
+}
+
+/// Backups by name, oldest first (the timestamp in the name sorts in time order).
+fn list_backups(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| FileError::new("list", dir, e))?
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry.file_name().to_str().is_some_and(|name| {
+                name.starts_with("saveconfig-") && name.contains("json") && !name.starts_with('.')
+            })
+        })
+        .map(|entry| entry.path())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+fn read_backup(path: &Path) -> Option<Vec<u8>> {
+    let raw = fs::read(path).ok()?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut bytes = Vec::new();
+        GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut bytes)
+            .ok()?;
+        Some(bytes)
+    } else {
+        Some(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn backups_skip_duplicates_and_keep_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = backup(dir.path(), 3, b"one", "20260101-00:00:01").unwrap();
+        assert!(first.is_some());
+        assert_eq!(
+            backup(dir.path(), 3, b"one", "20260101-00:00:02").unwrap(),
+            None
+        );
+        for (i, content) in ["two", "three", "four"].iter().enumerate() {
+            backup(
+                dir.path(),
+                3,
+                content.as_bytes(),
+                &format!("20260101-00:00:1{i}"),
+            )
+            .unwrap();
+        }
+        let all = list_backups(dir.path()).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(read_backup(&all[0]).unwrap(), b"two");
+        assert_eq!(read_backup(&all[2]).unwrap(), b"four");
+        let mode = fs::metadata(&all[2]).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(all[2]
+            .to_string_lossy()
+            .ends_with("saveconfig-20260101-00:00:12-json.gz"));
+    }
+}

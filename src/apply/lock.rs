@@ -1,0 +1,86 @@
+//! Our own lock and targetcli's: one change to the running target at a time, and never
+//! while an interactive targetcli holds unsaved changes.
+
+use crate::error::{ApplyError, Error, FileError};
+use crate::fsio::create_parent_dir;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// A held `flock`; released when dropped.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+impl Lock {
+    /// Takes an exclusive, non-blocking lock on `path` (created if missing, mode 0600) and
+    /// records our pid in it. A lock held elsewhere is [`Error::LockBusy`].
+    pub fn acquire(path: &Path, holder_hint: &str) -> Result<Lock, Error> {
+        // A fresh host (or a new lock path in the policy) may not have the directory yet.
+        create_parent_dir(path).map_err(ApplyError::File)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| ApplyError::File(FileError::new("open lock file", path, e)))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => holder_hint.to_string(),
+                    pid => format!("{holder_hint}, pid {pid}"),
+                };
+                return Err(Error::LockBusy {
+                    path: path.to_owned(),
+                    holder,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(ApplyError::File(FileError::new("lock", path, e)).into())
+            }
+        }
+        // Best effort: the pid only helps the message of a run that finds the lock held.
+        let _ = file.set_len(0);
+        let _ = writeln!(file, "{}", std::process::id());
+        Ok(Lock {
+            _file: file,
+            path: path.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_in_a_missing_directory_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/sub/sbps-reconcile.lock");
+        assert!(Lock::acquire(&path, "sbps-reconcile").is_ok());
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn a_second_lock_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let held = Lock::acquire(&path, "sbps-reconcile").unwrap();
+        match Lock::acquire(&path, "sbps-reconcile") {
+            Err(Error::LockBusy { holder, .. }) => {
+                assert!(holder.contains(&std::process::id().to_string()), "{holder}")
+            }
+            other => panic!("expected LockBusy, got {other:?}"),
+        }
+        drop(held);
+        assert!(Lock::acquire(&path, "sbps-reconcile").is_ok());
+    }
+}

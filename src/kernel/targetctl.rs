@@ -1,0 +1,124 @@
+//! The `targetctl` program (rtslib's): `restore`, `save` and `clear`, run without a shell.
+//!
+//! `targetctl restore` clears the whole running configuration and rebuilds it, and exits 0
+//! even when parts failed, so nothing it says is taken on trust: its stderr is scanned for
+//! `, skipped` lines and for `No saved config file`.
+
+use crate::error::{ApplyError, FileError, ProcessError, TargetctlFailure};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `targetctl` program, run without a shell.
+#[derive(Debug, Clone)]
+pub struct Targetctl {
+    pub path: PathBuf,
+}
+
+impl Targetctl {
+    /// Fails before anything is touched when the program cannot be run at all.
+    pub fn preflight(&self) -> Result<(), ApplyError> {
+        let meta = fs::metadata(&self.path).map_err(|source| ApplyError::TargetctlMissing {
+            path: self.path.clone(),
+            source,
+        })?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(ApplyError::TargetctlNotExecutable {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn command(&self, args: &[&str], file: Option<&Path>) -> Command {
+        let mut command = Command::new(&self.path);
+        command.args(args);
+        if let Some(file) = file {
+            command.arg(file);
+        }
+        command
+    }
+
+    fn run(&self, command: &mut Command) -> Result<Output, ProcessError> {
+        log::debug!("running {:?}", command);
+        command
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| ProcessError::Spawn {
+                command: crate::process::describe(command),
+                source,
+            })
+    }
+
+    /// `targetctl restore FILE`, with its silent failures turned into errors.
+    pub fn restore(&self, file: &Path) -> Result<(), ApplyError> {
+        let mut command = self.command(&["restore"], Some(file));
+        let output = self.run(&mut command)?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+            log::debug!("targetctl restore: {line}");
+        }
+        let failure = TargetctlFailure {
+            command: crate::process::describe(&command),
+            status: (!output.status.success()).then(|| output.status.to_string()),
+            stderr_first_line: first_line(&stderr),
+            skipped: stderr
+                .lines()
+                .filter(|line| line.trim_end().ends_with(", skipped"))
+                .map(str::to_owned)
+                .collect(),
+            no_file: (stdout.contains("No saved config file")
+                || stderr.contains("No saved config file"))
+            .then(|| file.to_owned()),
+        };
+        if failure.status.is_none() && failure.skipped.is_empty() && failure.no_file.is_none() {
+            Ok(())
+        } else {
+            Err(failure.into())
+        }
+    }
+
+    /// `targetctl save FILE`, read back and removed.
+    pub fn save_to_string(&self, file: &Path) -> Result<Vec<u8>, ApplyError> {
+        let mut command = self.command(&["save"], Some(file));
+        let output = self.run(&mut command)?;
+        let result = if output.status.success() {
+            fs::read(file).map_err(|e| FileError::new("read", file, e).into())
+        } else {
+            Err(Self::failed(&command, &output).into())
+        };
+        let _ = fs::remove_file(file);
+        result
+    }
+
+    /// `targetctl clear`: the running configuration emptied.
+    pub fn clear(&self) -> Result<(), ApplyError> {
+        let mut command = self.command(&["clear"], None);
+        let output = self.run(&mut command)?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(Self::failed(&command, &output).into())
+        }
+    }
+
+    /// A command that exited with a failure status.
+    fn failed(command: &Command, output: &Output) -> TargetctlFailure {
+        TargetctlFailure {
+            command: crate::process::describe(command),
+            status: Some(output.status.to_string()),
+            stderr_first_line: first_line(&String::from_utf8_lossy(&output.stderr)),
+            skipped: Vec::new(),
+            no_file: None,
+        }
+    }
+}
+
+fn first_line(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+}
