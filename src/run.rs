@@ -332,6 +332,7 @@ fn status_command(cli: &Cli) -> Exit {
             &current.config,
             &policy,
             plan.as_ref(),
+            running.as_ref(),
             catalogue_error,
         ))
     })();

@@ -1,7 +1,9 @@
-//! `status`: what is projected now, from `saveconfig.json`, LUN by LUN, with the image each
-//! LUN serves where the catalogue can tell. Reads only.
+//! `status`: what is projected now, LUN by LUN, with the image each LUN serves where the
+//! catalogue can tell: what the kernel runs (configfs) where LIO is loaded, else what
+//! `saveconfig.json` holds, and where the two differ. Reads only.
 
-use crate::lio::managed::{portals, ManagedObject};
+use crate::lio::managed::{portals, ManagedObject, ManagedView};
+use crate::lio::running::RunningState;
 use crate::lio::{fileio_name, lun_index, luns as luns_of_tpg, path_of, SaveConfig};
 use crate::plan::{Action, ImageRef, Kind, Plan, Projection};
 use crate::policy::{Policy, Portal};
@@ -23,6 +25,11 @@ pub struct Status {
     pub unmapped: Vec<String>,
     /// Why the catalogue could not be read (then no image is named).
     pub catalogue_error: Option<String>,
+    /// `running` (read from configfs) or `file` (saveconfig.json: LIO is not loaded here).
+    pub source: &'static str,
+    /// How saveconfig.json differs from the running target, one line each (the next run
+    /// repairs it).
+    pub file_differs: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,80 +52,166 @@ pub fn status(
     config: &SaveConfig,
     policy: &Policy,
     plan: Option<&Plan>,
+    running: Option<&RunningState>,
     catalogue_error: Option<String>,
 ) -> Status {
-    let iqn = &policy.target.iqn;
-    let tpg = config.tpg1(iqn);
-    // Storage objects by the path LUNs name them by, projections by name: the first of each.
+    let mut projections: HashMap<&str, &Projection> = HashMap::new();
+    for p in plan.map_or(&[][..], |plan| plan.projections.as_slice()) {
+        projections.entry(p.name.as_str()).or_insert(p);
+    }
+    let mut status = match running {
+        Some(running) => from_running(config, policy, running),
+        None => from_file(config, policy),
+    };
+    for lun in &mut status.luns {
+        let projection = lun
+            .name
+            .as_deref()
+            .filter(|_| lun.managed)
+            .and_then(|name| projections.get(name).copied());
+        lun.kind = projection.map(|p| p.kind);
+        lun.images = projection.map(|p| p.images.clone()).unwrap_or_default();
+        lun.next_run = projection.map(|p| p.action);
+    }
+    status.luns.sort_by_key(|l| l.index);
+    status.catalogue_error = catalogue_error;
+    status
+}
+
+fn empty_status(policy: &Policy, source: &'static str) -> Status {
+    Status {
+        schema_version: crate::report::SCHEMA_VERSION,
+        target: policy.target.iqn.clone(),
+        present: false,
+        enabled: None,
+        portals: Vec::new(),
+        luns: Vec::new(),
+        unmapped: Vec::new(),
+        catalogue_error: None,
+        source,
+        file_differs: Vec::new(),
+    }
+}
+
+fn portal_texts(portals: impl IntoIterator<Item = (std::net::IpAddr, u16)>) -> Vec<String> {
+    portals
+        .into_iter()
+        .map(|(ip, port)| Portal { ip, port }.to_string())
+        .collect()
+}
+
+/// The LUNs the kernel runs, and how the file differs from them.
+fn from_running(config: &SaveConfig, policy: &Policy, running: &RunningState) -> Status {
+    let mut status = empty_status(policy, "running");
+    let file = ManagedView::of(config, &policy.catalogue, &policy.target);
+    // The file's view as found, the kernel's as wanted: "size is 1, expected 2" reads as
+    // "the file says 1, the kernel runs 2".
+    status.file_differs = file.differences(&running.view);
+    if let Some(tpg) = &running.view.tpg {
+        status.present = true;
+        status.enabled = tpg.settings.enable;
+        status.portals = portal_texts(tpg.settings.portals.iter().copied());
+    }
+    for (index, lun) in &running.luns {
+        let (hba, name) = lun
+            .object
+            .as_deref()
+            .and_then(|o| o.split_once('/'))
+            .map_or((None, None), |(hba, name)| (Some(hba), Some(name)));
+        let plugin = hba
+            .and_then(|h| h.rsplit_once('_'))
+            .map(|(p, _)| p.to_string());
+        let facts = lun
+            .managed
+            .as_ref()
+            .and_then(|n| running.view.objects.get(n));
+        status.luns.push(StatusLun {
+            index: *index,
+            storage_object: match (&plugin, name) {
+                (Some(plugin), Some(name)) => format!("/backstores/{plugin}/{name}"),
+                _ => String::new(),
+            },
+            name: name.map(str::to_owned),
+            plugin,
+            managed: lun.managed.is_some(),
+            wwn: facts.and_then(|f| f.wwn.clone()),
+            size: facts.and_then(|f| f.size),
+            dev: facts.map(|f| f.dev.clone()),
+            kind: None,
+            images: Vec::new(),
+            next_run: None,
+        });
+    }
+    let mapped: HashSet<&str> = running
+        .luns
+        .values()
+        .filter_map(|l| l.managed.as_deref())
+        .collect();
+    status.unmapped = running
+        .view
+        .objects
+        .keys()
+        .filter(|name| !mapped.contains(name.as_str()))
+        .cloned()
+        .collect();
+    status
+}
+
+/// The LUNs `saveconfig.json` holds.
+fn from_file(config: &SaveConfig, policy: &Policy) -> Status {
+    let mut status = empty_status(policy, "file");
+    let tpg = config.tpg1(&policy.target.iqn);
+    // Storage objects by the path LUNs name them by: the first of each.
     let mut objects: HashMap<String, &Value> = HashMap::new();
     for so in config.storage_objects() {
         if let Some(path) = path_of(so) {
             objects.entry(path).or_insert(so);
         }
     }
-    let mut projections: HashMap<&str, &Projection> = HashMap::new();
-    for p in plan.map_or(&[][..], |plan| plan.projections.as_slice()) {
-        projections.entry(p.name.as_str()).or_insert(p);
+    for lun in tpg.map_or(&[][..], luns_of_tpg) {
+        let Some(index) = lun_index(lun) else {
+            continue;
+        };
+        let path = lun
+            .get("storage_object")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let so = objects.get(&path).copied();
+        let text = |key: &str| so.and_then(|so| so.get(key)?.as_str().map(str::to_owned));
+        let managed = so.is_some_and(|so| ManagedObject::read(so, &policy.catalogue).is_some());
+        status.luns.push(StatusLun {
+            index,
+            storage_object: path,
+            plugin: text("plugin"),
+            managed,
+            wwn: text("wwn"),
+            size: so.and_then(|so| so.get("size")?.as_u64()),
+            dev: text("dev"),
+            kind: None,
+            images: Vec::new(),
+            next_run: None,
+            name: text("name").or_else(|| fileio_name(lun).map(str::to_owned)),
+        });
     }
-    let mut luns: Vec<StatusLun> = tpg
-        .map_or(&[][..], luns_of_tpg)
+    let mapped: HashSet<&str> = status
+        .luns
         .iter()
-        .filter_map(|lun| Some((lun_index(lun)?, lun)))
-        .map(|(index, lun)| {
-            let path = lun
-                .get("storage_object")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let so = objects.get(&path).copied();
-            let text = |key: &str| so.and_then(|so| so.get(key)?.as_str().map(str::to_owned));
-            let managed = so.is_some_and(|so| ManagedObject::read(so, &policy.catalogue).is_some());
-            let name = text("name").or_else(|| fileio_name(lun).map(str::to_owned));
-            let projection = name
-                .as_deref()
-                .filter(|_| managed)
-                .and_then(|name| projections.get(name).copied());
-            StatusLun {
-                index,
-                storage_object: path,
-                plugin: text("plugin"),
-                managed,
-                wwn: text("wwn"),
-                size: so.and_then(|so| so.get("size")?.as_u64()),
-                dev: text("dev"),
-                kind: projection.map(|p| p.kind),
-                images: projection.map(|p| p.images.clone()).unwrap_or_default(),
-                next_run: projection.map(|p| p.action),
-                name,
-            }
-        })
+        .filter_map(|l| l.name.as_deref())
         .collect();
-    luns.sort_by_key(|l| l.index);
-    let mapped: HashSet<&str> = luns.iter().filter_map(|l| l.name.as_deref()).collect();
-    let unmapped = config
+    status.unmapped = config
         .storage_objects()
         .iter()
         .filter_map(|so| ManagedObject::read(so, &policy.catalogue))
         .map(|(name, _)| name)
         .filter(|name| !mapped.contains(name.as_str()))
         .collect();
-    Status {
-        schema_version: crate::report::SCHEMA_VERSION,
-        target: iqn.clone(),
-        present: tpg.is_some(),
-        enabled: tpg.map(|tpg| tpg.get("enable").and_then(Value::as_bool).unwrap_or(true)),
-        portals: tpg
-            .map(|tpg| {
-                portals(tpg)
-                    .into_iter()
-                    .map(|(ip, port)| Portal { ip, port }.to_string())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        luns,
-        unmapped,
-        catalogue_error,
-    }
+    status.present = tpg.is_some();
+    status.enabled = tpg.map(|tpg| tpg.get("enable").and_then(Value::as_bool).unwrap_or(true));
+    status.portals = tpg
+        .map(|tpg| portal_texts(portals(tpg)))
+        .unwrap_or_default();
+    status
 }
 
 impl Status {
@@ -145,6 +238,15 @@ impl Status {
                 "none".to_string()
             } else {
                 self.portals.join(", ")
+            }
+        );
+        let _ = writeln!(
+            out,
+            "{}",
+            if self.source == "running" {
+                "As the kernel runs it (configfs):"
+            } else {
+                "As saveconfig.json holds it (LIO is not loaded here):"
             }
         );
         if let Some(error) = &self.catalogue_error {
@@ -191,6 +293,15 @@ impl Status {
                 "Managed storage objects without a LUN: {}",
                 self.unmapped.join(", ")
             );
+        }
+        if !self.file_differs.is_empty() {
+            let _ = writeln!(
+                out,
+                "saveconfig.json differs from the running target (the next run repairs it):"
+            );
+            for line in &self.file_differs {
+                let _ = writeln!(out, "  ~ {line}");
+            }
         }
         out
     }

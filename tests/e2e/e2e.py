@@ -3,12 +3,16 @@
 
   e2e.py catalogue init MOUNT IMS_JSON     an offline catalogue: images with random content,
                                            PE files, one manifest without an etag
-  e2e.py catalogue change MOUNT IMS_JSON   one image added, one removed, one with a new etag
+  e2e.py catalogue add MOUNT IMS_JSON ID MIB ETAG    one image added (or given a new etag)
+  e2e.py catalogue remove MOUNT IMS_JSON ID          one image removed from IMS
+  e2e.py catalogue many MOUNT IMS_JSON N KIB         N small images added
+  e2e.py stats OUT                         "slowest_read longest_gap failed_reads reads"
+  e2e.py managed SAVED FILE MOUNT IQN      the managed facts of two saveconfig files are equal
   e2e.py check REPORT_JSON                 every projection in the report, seen by the initiator
   e2e.py reader DEVICE SECONDS OUT         direct-I/O reads of DEVICE every 50 ms, logged to OUT
   e2e.py gap OUT                           the longest time without a successful read
   e2e.py expect REPORT_JSON EXPR...        each Python expression (r = the report) holds
-  e2e.py kept REPORT1 REPORT2              projections kept in run 2 have run 1's LUN and identity
+  e2e.py kept REPORT1 REPORT2              projections of run 1 kept in a later run have their LUN and identity
   e2e.py luns REPORT_JSON                  the LUN numbers the report leaves in place
 """
 import hashlib
@@ -47,7 +51,20 @@ def add_image(mount, images, image_id, size, etag):
                    "link": {"path": f"s3://{BUCKET}/{image_id}/manifest.json", "etag": "", "type": "s3"}})
 
 
-def catalogue(action, mount, ims):
+def catalogue(action, mount, ims, *args):
+    if action == "add":
+        images = load(ims)
+        add_image(mount, images, args[0], int(args[1]) * MIB, args[2])
+    elif action == "remove":
+        images = [r for r in load(ims) if r["id"] != args[0]]
+    elif action == "many":
+        images = load(ims)
+        for i in range(int(args[0])):
+            add_image(mount, images, f"img-many-{i:03d}", int(args[1]) * 1024, f"many{i:03d}")
+    if action in ("add", "remove", "many"):
+        with open(ims, "w") as f:
+            json.dump(images, f, indent=2)
+        return
     if action == "init":
         images = []
         add_image(mount, images, "img-a", 3 * MIB, "aaaa0001-3")
@@ -184,6 +201,69 @@ def load(path):
         return json.load(f)
 
 
+def stats(out):
+    """The slowest successful read, the longest time without one, failures, reads."""
+    slowest, worst, last_ok, errors, reads = 0.0, 0.0, None, 0, 0
+    with open(out) as f:
+        for line in f:
+            if line.startswith("#"):
+                continue
+            start, done, status = line.split()
+            reads += 1
+            if status != "ok":
+                errors += 1
+                continue
+            slowest = max(slowest, float(done) - float(start))
+            if last_ok is not None:
+                worst = max(worst, float(done) - last_ok)
+            last_ok = float(done)
+    print(f"{slowest:.4f} {worst:.3f} {errors} {reads}")
+
+
+def managed_view(config, mount, iqn):
+    objects = {}
+    for so in config.get("storage_objects", []):
+        if so.get("plugin") == "fileio" and str(so.get("dev", "")).startswith(mount + "/"):
+            objects[so["name"]] = (so.get("dev"), so.get("size"), so.get("wwn"), so.get("write_back"),
+                                   so.get("attributes", {}).get("emulate_model_alias"))
+    tpg = None
+    for target in config.get("targets", []):
+        if target.get("wwn", "").lower() == iqn.lower():
+            tpg = next((t for t in target.get("tpgs", []) if t.get("tag") == 1), None)
+    if tpg is None:
+        return objects, None
+    luns = {l["index"]: l["storage_object"] for l in tpg.get("luns", [])}
+    portals = sorted((p["ip_address"], p["port"]) for p in tpg.get("portals", []))
+    return objects, (tpg.get("enable", True), luns, portals, tpg.get("attributes", {}))
+
+
+def managed(saved_path, file_path, mount, iqn):
+    saved, file = load(saved_path), load(file_path)
+    s_objects, s_tpg = managed_view(saved, mount, iqn)
+    f_objects, f_tpg = managed_view(file, mount, iqn)
+    bad = 0
+
+    def result(ok, what):
+        nonlocal bad
+        bad += not ok
+        print(f"  {'ok  ' if ok else 'FAIL'} {what}")
+
+    result(s_objects == f_objects, f"{len(f_objects)} storage objects: dev, size, wwn, write_back, model alias")
+    for name in sorted(set(s_objects) ^ set(f_objects)):
+        print(f"       only in {'the kernel' if name in s_objects else 'the file'}: {name}")
+    for name in sorted(n for n in set(s_objects) & set(f_objects) if s_objects[n] != f_objects[n]):
+        print(f"       {name}: kernel {s_objects[name]} file {f_objects[name]}")
+    if s_tpg is None or f_tpg is None:
+        result(False, "TPG 1 in both")
+        return 1
+    result(s_tpg[0] == f_tpg[0], f"TPG 1 enable {s_tpg[0]} == {f_tpg[0]}")
+    result(s_tpg[1] == f_tpg[1], f"LUNs {sorted(s_tpg[1])} map the same objects")
+    result(s_tpg[2] == f_tpg[2], f"portals {s_tpg[2]} == {f_tpg[2]}")
+    attributes = {k: s_tpg[3].get(k) for k in f_tpg[3]}
+    result(attributes == f_tpg[3], f"TPG 1 attributes {f_tpg[3]}")
+    return 1 if bad else 0
+
+
 def expect(report_path, expressions):
     r = load(report_path)
     skipped = {s["image_id"] or s["image_name"]: s["reason_code"] for s in r["skipped"]}
@@ -205,7 +285,7 @@ def expect(report_path, expressions):
 def kept(first_path, second_path):
     first = {p["name"]: p for p in load(first_path)["projections"]}
     bad = 0
-    kept = [p for p in load(second_path)["projections"] if p["action"] == "keep"]
+    kept = [p for p in load(second_path)["projections"] if p["action"] == "keep" and p["name"] in first]
     for p in kept:
         before = first.get(p["name"])
         ok = before is not None and (before["lun"], before["wwn"]) == (p["lun"], p["wwn"])
@@ -225,7 +305,11 @@ def luns(report_path):
 def main():
     args = sys.argv[1:]
     if args[:1] == ["catalogue"]:
-        catalogue(args[1], args[2], args[3])
+        catalogue(*args[1:])
+    elif args[:1] == ["stats"]:
+        stats(args[1])
+    elif args[:1] == ["managed"]:
+        return managed(args[1], args[2], args[3], args[4])
     elif args[:1] == ["check"]:
         return check(args[1])
     elif args[:1] == ["reader"]:

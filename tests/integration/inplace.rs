@@ -379,3 +379,46 @@ fn half_made_objects_left_by_an_interrupted_run_are_cleaned_up() {
         .contains(&"lun_9".to_string()));
     sandbox.run(&["--detailed-exitcode"]).expect(0);
 }
+
+#[test]
+fn status_shows_the_running_target_and_where_the_file_differs() {
+    let Some(sandbox) = catalogue() else { return };
+    sandbox.run(&[]).expect(0);
+    let status = sandbox
+        .run(&["status", "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(status["source"], json!("running"));
+    assert_eq!(status["file_differs"], json!([]));
+    assert_eq!(status["luns"].as_array().unwrap().len(), 3);
+    assert_eq!(status["luns"][0]["next_run"], json!("keep"));
+    // Someone removed LUN 0 with targetcli and did not save: the kernel shows 2 LUNs, and
+    // the file is flagged.
+    let luns = kernel_luns(&sandbox);
+    let (index, name) = luns.iter().next().map(|(i, n)| (*i, n.clone())).unwrap();
+    let lun = sandbox
+        .configfs()
+        .root()
+        .join(format!("{TPG}/lun/lun_{index}"));
+    fs::remove_file(lun.join(&name)).unwrap();
+    fs::remove_dir(&lun).unwrap();
+    let status = sandbox
+        .run(&["status", "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(status["luns"].as_array().unwrap().len(), 2);
+    assert_eq!(status["unmapped"], json!([name]));
+    assert!(
+        status["file_differs"][0]
+            .as_str()
+            .unwrap()
+            .contains("LUNs are"),
+        "{status}"
+    );
+    let text = sandbox.run(&["status"]).expect(0).stdout;
+    assert!(text.contains("As the kernel runs it (configfs):"), "{text}");
+    assert!(
+        text.contains("saveconfig.json differs from the running target"),
+        "{text}"
+    );
+}
