@@ -1,6 +1,8 @@
 //! Short descriptions of values from outside, for messages an operator reads.
 
 use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 /// What a JSON value is: "null", "a list", "the number 3", "the string \"x\"".
 pub fn json_value(value: &Value) -> String {
@@ -11,5 +13,41 @@ pub fn json_value(value: &Value) -> String {
         Value::String(s) => format!("the string {s:?}"),
         Value::Array(_) => "a list".to_string(),
         Value::Object(_) => "an object".to_string(),
+    }
+}
+
+/// Text from outside (an IMS id or name, an object key, a server's answer) as one printable
+/// line: control characters are escaped, so that a name holding a newline cannot forge a
+/// log line (`<3>error: ...`) or a line of the text report.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("plain name"), "plain name");
+        assert_eq!(
+            printable("a\n<3>error: forged\r\u{1b}[31m"),
+            "a\\n<3>error: forged\\r\\u{1b}[31m"
+        );
     }
 }

@@ -42,7 +42,7 @@ pub fn projection_line(p: &Projection) -> String {
     );
     if !p.changes.is_empty() {
         line.push_str(": ");
-        line.push_str(&p.changes.join("; "));
+        line.push_str(&crate::describe::printable(&p.changes.join("; ")));
     }
     line
 }
@@ -56,7 +56,7 @@ pub fn describe_images(p: &Projection) -> String {
         .map(ImageRef::describe)
         .collect();
     if known.is_empty() {
-        p.source.clone()
+        crate::describe::printable(&p.source).into_owned()
     } else {
         known.join(" + ")
     }

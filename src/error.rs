@@ -9,6 +9,7 @@
 //! log prints one line per cause.
 
 use crate::codes::named_enum;
+pub use crate::fsio::ReadError;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -86,7 +87,7 @@ pub enum Error {
     PolicyRead {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: ReadError,
     },
     #[error("invalid policy {}: {message}", path.display())]
     PolicyInvalid { path: PathBuf, message: String },
@@ -101,7 +102,7 @@ pub enum Error {
     CurrentConfigRead {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: ReadError,
     },
     #[error("cannot read the running target from configfs")]
     RunningConfig(#[source] KernelError),
@@ -206,6 +207,16 @@ pub enum Refusal {
          (check the catalogue and the mount, then rerun with --allow-removals if intended)"
     )]
     TooManyRemovals { removals: usize, limit: usize },
+    #[error(
+        "the plan keeps {kept} of the {before} projections in place, below \
+         safety.min_kept_fraction {fraction}; nothing was touched (check the catalogue and the \
+         mount, then rerun with --allow-removals if intended)"
+    )]
+    TooFewKept {
+        kept: usize,
+        before: usize,
+        fraction: f64,
+    },
 }
 
 /// Why the IMS answer (a file, or the body of a response) is not a list of records.
@@ -241,6 +252,12 @@ pub enum ProcessError {
 pub enum SourceError {
     #[error(transparent)]
     File(#[from] FileError),
+    #[error("cannot read {what}")]
+    Read {
+        what: &'static str,
+        #[source]
+        source: ReadError,
+    },
     /// A file that was read but does not hold what it should.
     #[error("{what} {} {problem}", path.display())]
     FileContent {
@@ -262,6 +279,19 @@ pub enum SourceError {
     },
     #[error("image mount {} is not a directory", path.display())]
     MountNotADirectory { path: PathBuf },
+    #[error(
+        "image mount {} is not a mount point (is s3fs mounted?); refusing to plan against it \
+         (catalogue.require_mountpoint: false for a plain directory)",
+        path.display()
+    )]
+    NotAMountPoint { path: PathBuf },
+    /// A source that yields nothing while projections exist: an outage, not "every image
+    /// is gone".
+    #[error(
+        "{what}, but {projected} LUN(s) are projected from it: treated as an outage, nothing \
+         touched (rerun with --allow-removals if every one must go)"
+    )]
+    Empty { what: String, projected: usize },
     #[error("more than {limit} entries under {}", path.display())]
     TooManyEntries { path: PathBuf, limit: usize },
     #[error("cannot fetch IMS images from {url}")]

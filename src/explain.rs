@@ -264,7 +264,12 @@ pub fn to_text(explanations: &[Explanation]) -> String {
                 RuleOutcome::Fail => "FAIL",
                 RuleOutcome::NotChecked => "not checked",
             };
-            let _ = writeln!(out, "  {outcome:<11}  {:<11}  {}", step.rule, step.detail);
+            let _ = writeln!(
+                out,
+                "  {outcome:<11}  {:<11}  {}",
+                step.rule,
+                crate::describe::printable(&step.detail)
+            );
         }
         if let Some(identity) = &e.identity {
             let tense = if e.projected {
@@ -278,7 +283,7 @@ pub fn to_text(explanations: &[Explanation]) -> String {
                 identity.name, identity.wwn, identity.multipath_wwid
             );
         }
-        let _ = writeln!(out, "  => {}", e.verdict);
+        let _ = writeln!(out, "  => {}", crate::describe::printable(&e.verdict));
     }
     out
 }

@@ -28,6 +28,8 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod s3path;
+pub mod safety;
+pub mod secrets;
 pub mod skip;
 pub mod snapshot;
 pub mod sources;

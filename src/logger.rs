@@ -39,8 +39,11 @@ impl Log for StderrLogger {
             return;
         }
         let prefix = prefix(record.level(), self.journal);
+        // One line per record whatever it holds, and no secret in it.
+        let text = record.args().to_string();
+        let text = crate::secrets::redact(&text);
         let mut stderr = std::io::stderr().lock();
-        let _ = writeln!(stderr, "{prefix}{}", record.args());
+        let _ = writeln!(stderr, "{prefix}{}", crate::describe::printable(&text));
     }
 
     fn flush(&self) {}

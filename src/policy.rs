@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_POLICY_PATH: &str = "/etc/sbps-reconcile/policy.yaml";
+/// A policy is a few kilobytes; anything past this is not one.
+pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 
 /// The policy file as written. Every section but `target`, `catalogue` has defaults.
 #[derive(Debug, Deserialize)]
@@ -128,6 +130,14 @@ pub struct CatalogueSection {
     /// Manifests larger than this are skipped as unreadable.
     #[serde(default = "default_manifest_max_bytes")]
     pub manifest_max_bytes: u64,
+    /// The mount must be a mount point (s3fs mounted), not a plain directory; false for
+    /// tests and offline use.
+    #[serde(default = "default_true")]
+    pub require_mountpoint: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_bucket() -> String {
@@ -322,11 +332,16 @@ impl Default for PeSection {
 #[serde(deny_unknown_fields, default)]
 pub struct SafetySection {
     pub max_removals: usize,
+    /// A plan that keeps fewer than this fraction of the projections in place is refused.
+    pub min_kept_fraction: f64,
 }
 
 impl Default for SafetySection {
     fn default() -> Self {
-        SafetySection { max_removals: 10 }
+        SafetySection {
+            max_removals: 10,
+            min_kept_fraction: 0.5,
+        }
     }
 }
 
@@ -466,6 +481,7 @@ pub struct Catalogue {
     pub select: Selector,
     pub pe_prefixes: Vec<String>,
     pub manifest_max_bytes: u64,
+    pub require_mountpoint: bool,
 }
 
 impl Catalogue {
@@ -553,6 +569,7 @@ pub struct S3Settings {
 #[derive(Debug, Clone)]
 pub struct Safety {
     pub max_removals: usize,
+    pub min_kept_fraction: f64,
 }
 
 /// Linux initiators ignore LUN numbers from 512 on by default (`scsi_mod.max_luns`).
@@ -563,9 +580,15 @@ pub const LIO_MAX_LUN: u32 = 65535;
 impl Policy {
     /// Reads, parses and checks the policy at `path`.
     pub fn load(path: &Path, host: &HostFacts) -> Result<(Policy, Vec<String>), Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::PolicyRead {
+        let bytes = crate::fsio::read_regular(path, MAX_POLICY_BYTES).map_err(|source| {
+            Error::PolicyRead {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| Error::PolicyInvalid {
             path: path.to_owned(),
-            source,
+            message: format!("not UTF-8 text: {e}"),
         })?;
         // Relative paths in the policy are relative to the policy file's directory.
         let base = std::path::absolute(path)
@@ -606,14 +629,25 @@ impl Policy {
                 target,
                 lio,
                 catalogue,
-                safety: Safety {
-                    max_removals: file.safety.max_removals,
-                },
+                safety: check_safety(file.safety).map_err(|e| format!("safety: {e}"))?,
                 metrics_file: check_metrics(file.metrics).map_err(|e| format!("metrics: {e}"))?,
             },
             warnings,
         ))
     }
+}
+
+fn check_safety(section: SafetySection) -> Result<Safety, String> {
+    if !(0.0..=1.0).contains(&section.min_kept_fraction) {
+        return Err(format!(
+            "min_kept_fraction {} is not within 0..=1",
+            section.min_kept_fraction
+        ));
+    }
+    Ok(Safety {
+        max_removals: section.max_removals,
+        min_kept_fraction: section.min_kept_fraction,
+    })
 }
 
 fn check_metrics(section: MetricsSection) -> Result<Option<PathBuf>, String> {
@@ -706,6 +740,14 @@ fn check_iqn(iqn: &str) -> Result<(), String> {
 }
 
 fn parse_portal(text: &str) -> Result<Portal, String> {
+    // `fd00::10:3260` reads as the address fd00::10:3260 (port 3260 by default) or as
+    // fd00::10 port 3260: never guess.
+    if !text.starts_with('[') && text.matches(':').count() > 1 {
+        return Err(format!(
+            "portal {text:?} is an IPv6 address without brackets: write \"[ADDRESS]:PORT\", \
+             like \"[fd00::10]:3260\""
+        ));
+    }
     let portal = if let Ok(addr) = text.parse::<SocketAddr>() {
         Portal {
             ip: addr.ip(),
@@ -750,6 +792,11 @@ fn check_lio(section: LioSection) -> Result<LioSettings, String> {
     }
     let targetcli_lock = if section.targetcli_lock.as_os_str().is_empty() {
         None
+    } else if section.targetcli_lock == section.lock_file {
+        return Err(format!(
+            "lock_file and targetcli_lock are both {:?}: a run would wait for itself",
+            section.lock_file
+        ));
     } else if section.targetcli_lock.is_absolute() {
         Some(section.targetcli_lock)
     } else {
@@ -834,6 +881,7 @@ fn check_catalogue(section: CatalogueSection) -> Result<Catalogue, String> {
         select,
         pe_prefixes,
         manifest_max_bytes: section.manifest_max_bytes,
+        require_mountpoint: section.require_mountpoint,
     })
 }
 
@@ -927,34 +975,36 @@ enum UrlUse {
     Signed,
 }
 
-/// The host part of an http(s) URL, and whether the scheme is https.
-fn check_url(url: &str, name: &str, usage: UrlUse) -> Result<(), String> {
-    let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        return Err(format!("{name} {url:?} is not an http(s) URL"));
+/// Checks an http(s) URL with the parser the HTTP client uses (so that the host decided on
+/// here is the host the request goes to): a host, no credentials in it, no query or
+/// fragment, and plain http only to this machine when a bearer token rides along.
+fn check_url(text: &str, name: &str, usage: UrlUse) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{name} {text:?} is not a URL: {e}"))?;
+    let https = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        _ => return Err(format!("{name} {text:?} is not an http(s) URL")),
     };
-    if url.contains(['?', '#']) {
+    if url.query().is_some() || url.fragment().is_some() {
         return Err(format!(
-            "{name} {url:?} holds a query or fragment; the request must be exactly GET <url>"
+            "{name} {text:?} holds a query or fragment; the request must be exactly GET <url>"
         ));
     }
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    let host = if let Some(v6) = host.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        host.split(':').next().unwrap_or_default()
-    };
-    if host.is_empty() {
-        return Err(format!("{name} {url:?} names no host"));
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{name} {text:?} holds credentials; use the policy's auth settings"
+        ));
     }
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let loopback = match url.host() {
+        None => return Err(format!("{name} {text:?} names no host")),
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+    };
     if !https && !loopback && matches!(usage, UrlUse::BearerToken) {
         return Err(format!(
-            "{name} {url:?} would send the bearer token unencrypted; use https"
+            "{name} {text:?} would send the bearer token unencrypted to {}; use https",
+            url.host_str().unwrap_or("?")
         ));
     }
     Ok(())
@@ -1076,6 +1126,55 @@ catalogue:
         ))
         .unwrap_err();
         assert!(err.contains("`auth` is required"), "{err}");
+    }
+
+    #[test]
+    fn urls_are_judged_by_the_host_the_client_would_reach() {
+        let ims = |url: &str| {
+            MINIMAL.replace(
+                "    file: /tmp/images.json",
+                &format!("    url: '{url}'\n    auth: none"),
+            )
+        };
+        for url in [
+            "http://localhost/apis/ims/v3/images",
+            "http://127.0.0.1:8080/v3/images",
+            "http://[::1]/v3/images",
+            "https://api-gw-service-nmn.local/apis/ims/v3/images",
+        ] {
+            assert!(Policy::from_yaml(&ims(url), &host()).is_ok(), "{url}");
+        }
+        for (url, why) in [
+            (
+                "http://evil.example\\@localhost/v3/images",
+                "unencrypted to evil.example",
+            ),
+            ("http://evil.example/v3/images", "unencrypted"),
+            ("http://user:pw@localhost/v3/images", "credentials"),
+            ("https://ims/v3/images?limit=1", "query"),
+            ("ftp://ims/v3/images", "not an http(s) URL"),
+            ("http://", "not a URL"),
+        ] {
+            let err = Policy::from_yaml(&ims(url), &host()).unwrap_err();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_portal_needs_brackets() {
+        let text = MINIMAL.replace("\"10.252.1.10:3260\", ", "\"fd00::10:3260\", ");
+        let err = Policy::from_yaml(&text, &host()).unwrap_err();
+        assert!(err.contains("without brackets"), "{err}");
+    }
+
+    #[test]
+    fn the_two_locks_must_differ() {
+        let text = MINIMAL.replace(
+            "catalogue:",
+            "lio:\n  lock_file: /run/x.lock\n  targetcli_lock: /run/x.lock\ncatalogue:",
+        );
+        let err = Policy::from_yaml(&text, &host()).unwrap_err();
+        assert!(err.contains("wait for itself"), "{err}");
     }
 
     #[test]

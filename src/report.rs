@@ -3,6 +3,7 @@
 //! (`Projection`, `Skipped`) serialize to the contract's shape, so the report holds them as
 //! they are.
 
+use crate::describe::printable;
 use crate::diff;
 use crate::error::{self, Error, ErrorKind};
 use crate::lio::SaveConfig;
@@ -135,7 +136,7 @@ impl Report {
     pub fn set_error(&mut self, error: &Error) {
         self.error = Some(ErrorReport {
             kind: error.kind(),
-            message: error::chain(error),
+            message: crate::secrets::redact(&error::chain(error)).into_owned(),
         });
     }
 
@@ -184,7 +185,7 @@ impl Report {
                 "Running target differs from the plan (repaired by an apply):"
             );
             for line in &self.drift {
-                let _ = writeln!(out, "  ~ {line}");
+                let _ = writeln!(out, "  ~ {}", printable(line));
             }
         }
         let (untagged, listed): (Vec<&Skipped>, Vec<&Skipped>) = self
@@ -200,7 +201,7 @@ impl Report {
                     s.kind.as_str(),
                     s.image.describe(),
                     s.reason.code,
-                    s.reason.detail
+                    printable(&s.reason.detail)
                 );
             }
         }

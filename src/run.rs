@@ -5,7 +5,7 @@
 use crate::apply::{self, Lock};
 use crate::cli::{Cli, Command, Output};
 use crate::diff;
-use crate::error::{Error, ErrorKind, Exit, Refusal};
+use crate::error::{Error, ErrorKind, Exit};
 use crate::kernel::configfs::Configfs;
 use crate::lio::managed::ManagedView;
 use crate::lio::running::RunningState;
@@ -17,7 +17,7 @@ use crate::policy::{HostFacts, Policy};
 use crate::report::Report;
 use crate::skip::ReasonCode;
 use crate::snapshot::Snapshot;
-use crate::{explain, man, sources, status};
+use crate::{explain, man, safety, sources, status};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -33,6 +33,9 @@ pub fn execute(cli: &Cli) -> Exit {
     }
 }
 
+/// The largest `saveconfig.json` read: a configuration of 5,000 projections is about 3 MiB.
+pub const MAX_SAVECONFIG_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The current `saveconfig.json`: its bytes (to back up and restore) and its parsed form.
 #[derive(Debug, Clone)]
 pub struct CurrentFile {
@@ -42,9 +45,10 @@ pub struct CurrentFile {
 }
 
 impl CurrentFile {
-    /// A missing file is an empty configuration; an empty or unreadable one is an error.
+    /// A missing file is an empty configuration; an empty or unreadable one is an error, and
+    /// so is one larger than [`MAX_SAVECONFIG_BYTES`].
     pub fn read(path: &Path) -> Result<CurrentFile, Error> {
-        match std::fs::read(path) {
+        match crate::fsio::read_regular(path, MAX_SAVECONFIG_BYTES) {
             Ok(bytes) => {
                 let config = SaveConfig::parse(&bytes).map_err(|problem| Error::CurrentConfig {
                     path: path.to_owned(),
@@ -55,7 +59,7 @@ impl CurrentFile {
                     config,
                 })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CurrentFile {
+            Err(e) if e.is_not_found() => Ok(CurrentFile {
                 bytes: None,
                 config: SaveConfig::empty(),
             }),
@@ -117,7 +121,7 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
 
     let plan = plan_and_report(&policy, &snapshot, &current, running.as_ref(), cli, record);
     log_plan(&plan);
-    check_safety(&policy, &plan, cli.allow_removals)?;
+    safety::check(&policy, &snapshot, &plan, cli.allow_removals)?;
     if !plan.needs_apply() {
         log_summary(&plan, false, cli.dry_run);
         return Ok(Exit::Success);
@@ -148,7 +152,7 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
             cli,
             record,
         );
-        check_safety(&policy, &plan, cli.allow_removals)?;
+        safety::check(&policy, &snapshot, &plan, cli.allow_removals)?;
         if !plan.needs_apply() {
             log_summary(&plan, false, false);
             return Ok(Exit::Success);
@@ -218,25 +222,6 @@ fn plan_and_report(
     );
     record.figures = Some(PlanFigures::of(&plan));
     plan
-}
-
-fn check_safety(policy: &Policy, plan: &Plan, allow_removals: bool) -> Result<(), Error> {
-    let limit = policy.safety.max_removals;
-    if plan.lun_removals > limit {
-        if allow_removals {
-            log::warn!(
-                "the plan removes {} LUNs, above safety.max_removals {limit}; allowed by --allow-removals",
-                plan.lun_removals
-            );
-        } else {
-            return Err(Refusal::TooManyRemovals {
-                removals: plan.lun_removals,
-                limit,
-            }
-            .into());
-        }
-    }
-    Ok(())
 }
 
 /// One line per decision: projections at info, skipped images as warnings (images that are

@@ -40,6 +40,11 @@ named_enum! {
         RecordInvalid = "record_invalid",
         /// A storage object the tool does not manage already has this identity's name.
         NameConflict = "name_conflict",
+        /// The file in the mount is a link that resolves outside the mount: never served.
+        OutsideMount = "outside_mount",
+        /// The file's path (mount and key) is longer than the 255 bytes a fileio device name
+        /// holds: the kernel would cut it and open another file.
+        PathTooLong = "path_too_long",
     }
 }
 

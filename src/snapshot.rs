@@ -75,6 +75,10 @@ pub enum MountEntry {
     Missing,
     /// Exists but is not a regular file (a directory, a socket...).
     NotAFile,
+    /// A link that resolves outside the mount (to this path).
+    Outside {
+        target: String,
+    },
     /// stat failed with something other than "not found" (an s3fs outage gives EIO).
     Error(String),
 }

@@ -17,7 +17,7 @@ pub fn backup(
     current: &[u8],
     stamp: &str,
 ) -> Result<Option<PathBuf>, FileError> {
-    fs::create_dir_all(dir).map_err(|e| FileError::new("create", dir, e))?;
+    crate::fsio::create_private_dir(dir)?;
     let existing = list_backups(dir)?;
     if let Some(newest) = existing.last() {
         if read_backup(newest).is_some_and(|bytes| bytes == current) {
@@ -102,5 +102,10 @@ mod tests {
         assert!(all[2]
             .to_string_lossy()
             .ends_with("saveconfig-20260101-00:00:12-json.gz"));
+        // The backup directory is the owner's alone, whatever the umask.
+        let sub = dir.path().join("backup");
+        backup(&sub, 3, b"one", "20260101-00:00:01").unwrap();
+        let mode = fs::metadata(&sub).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

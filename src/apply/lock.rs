@@ -5,7 +5,7 @@ use crate::error::{ApplyError, Error, FileError};
 use crate::fsio::create_parent_dir;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// A held `flock`; released when dropped.
@@ -29,6 +29,8 @@ impl Lock {
             .mode(0o600)
             .open(path)
             .map_err(|e| ApplyError::File(FileError::new("open lock file", path, e)))?;
+        // A lock file that already existed keeps its mode: make it ours alone.
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -82,5 +84,17 @@ mod tests {
         }
         drop(held);
         assert!(Lock::acquire(&path, "sbps-reconcile").is_ok());
+    }
+
+    #[test]
+    fn an_existing_lock_file_becomes_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        fs::write(&path, "").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let _held = Lock::acquire(&path, "sbps-reconcile").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -81,6 +81,7 @@ pub fn remove_luns_of(config: &mut SaveConfig, paths: &BTreeSet<String>) -> usiz
                 continue;
             };
             let mut gone = BTreeSet::new();
+            let before = luns.len();
             luns.retain(|lun| {
                 let hit = lun
                     .get("storage_object")
@@ -91,7 +92,8 @@ pub fn remove_luns_of(config: &mut SaveConfig, paths: &BTreeSet<String>) -> usiz
                 }
                 !hit
             });
-            removed += gone.len();
+            // Every entry counts against the limit, duplicates and odd indices too.
+            removed += before - luns.len();
             if !gone.is_empty() {
                 remove_mapped_luns(tpg, &gone);
             }

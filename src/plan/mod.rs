@@ -84,9 +84,11 @@ impl ImageRef {
         self.id.is_some() || self.name.is_some()
     }
 
-    /// `"name" (id ID)`, as reports and logs name an image.
+    /// `"name" (id ID)`, as reports and logs name an image (the name quoted and escaped,
+    /// the id escaped: both come from outside).
     pub fn describe(&self) -> String {
-        match (&self.name, &self.id) {
+        let id = self.id.as_deref().map(crate::describe::printable);
+        match (&self.name, id) {
             (Some(name), Some(id)) => format!("{name:?} (id {id})"),
             (Some(name), None) => format!("{name:?}"),
             (None, Some(id)) => format!("(id {id})"),

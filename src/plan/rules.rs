@@ -292,6 +292,10 @@ pub fn is_pe_image(object: &PeObject) -> bool {
     !object.key.ends_with('/') && object.size > 0
 }
 
+/// The most bytes of a fileio device name (the kernel's `FD_MAX_DEV_NAME`, with its NUL):
+/// a longer one is cut, and the kernel opens (and creates) another file.
+pub const MAX_DEV_BYTES: usize = 255;
+
 /// Rule 4: the file's size in the mount, if it may be served.
 fn mount_size(
     catalogue: &Catalogue,
@@ -301,6 +305,15 @@ fn mount_size(
 ) -> Result<u64, SkipReason> {
     let path = catalogue.dev_for_key(key);
     let reason = SkipReason::new;
+    if path.len() > MAX_DEV_BYTES {
+        return Err(reason(
+            ReasonCode::PathTooLong,
+            format!(
+                "{path} is {} bytes; a fileio device name holds at most {MAX_DEV_BYTES}",
+                path.len()
+            ),
+        ));
+    }
     match snapshot.mount.get(key) {
         None | Some(MountEntry::Missing) => Err(reason(
             ReasonCode::NotInMount,
@@ -309,6 +322,10 @@ fn mount_size(
         Some(MountEntry::NotAFile) => Err(reason(
             ReasonCode::NotInMount,
             format!("{path} is not a regular file"),
+        )),
+        Some(MountEntry::Outside { target }) => Err(reason(
+            ReasonCode::OutsideMount,
+            format!("{path} is a link to {target}, outside the mount: never served"),
         )),
         Some(MountEntry::Error(e)) => Err(reason(
             ReasonCode::NotInMount,

@@ -3,11 +3,14 @@
 //! The SPIRE registration on CSM matches the agent binary the old agent ran, so the tool
 //! runs that binary too, with an argument vector (no shell). Tokens never reach a log line.
 
-use crate::error::{FileError, SourceError, SvidProblem};
+use crate::error::{SourceError, SvidProblem};
 use crate::policy::{ImsAuth, Spire};
 use crate::process::run_bounded;
 use serde_json::Value;
 use std::process::Command;
+
+/// A token or credentials file is a line or two.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// Where this node's xname lives on CSM.
 pub const XNAME_FILE: &str = "/etc/cray/xname";
@@ -17,8 +20,15 @@ pub fn token(auth: &ImsAuth) -> Result<Option<String>, SourceError> {
     match auth {
         ImsAuth::None => Ok(None),
         ImsAuth::TokenFile(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| FileError::new("read IMS token file", path, e))?;
+            crate::fsio::warn_if_shared("IMS token file", path);
+            let bytes =
+                crate::fsio::read_regular(path, MAX_SECRET_FILE_BYTES).map_err(|source| {
+                    SourceError::Read {
+                        what: "IMS token file",
+                        source,
+                    }
+                })?;
+            let text = String::from_utf8_lossy(&bytes);
             let token = text.trim();
             if token.is_empty() || token.contains(char::is_whitespace) {
                 return Err(SourceError::FileContent {
@@ -27,6 +37,7 @@ pub fn token(auth: &ImsAuth) -> Result<Option<String>, SourceError> {
                     problem: "does not hold one token".to_string(),
                 });
             }
+            crate::secrets::register(token);
             Ok(Some(token.to_string()))
         }
         ImsAuth::Spire(spire) => {
@@ -73,10 +84,13 @@ pub fn spire_token(spire: &Spire, xname: Option<&str>) -> Result<String, SourceE
             (true, _) => None,
         })
         .collect();
-    select_svid(&output.stdout, &accepted).map_err(|problem| SourceError::SpireAnswer {
-        agent: spire.agent.clone(),
-        problem,
-    })
+    let token =
+        select_svid(&output.stdout, &accepted).map_err(|problem| SourceError::SpireAnswer {
+            agent: spire.agent.clone(),
+            problem,
+        })?;
+    crate::secrets::register(&token);
+    Ok(token)
 }
 
 /// Picks the SVID for the first accepted SPIFFE ID from the agent's JSON output, which is a

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::runtime::Runtime;
 
 /// The most bytes an IMS answer may have (thousands of records are a few MiB).
-const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
+const MAX_ANSWER_BYTES: usize = crate::image::MAX_ANSWER_BYTES as usize;
 /// How much of an error answer's body goes into the message.
 const EXCERPT_CHARS: usize = 200;
 

@@ -99,7 +99,7 @@ pub fn collect(policy: &Policy, sources: &Sources) -> Result<Snapshot, SourceErr
     let catalogue = &policy.catalogue;
     // An unreachable mount must not read as "every file is gone": that would remove every
     // LUN (the old agent un-projected everything during an s3fs outage).
-    sources.mount.check_root()?;
+    sources.mount.check_root(catalogue.require_mountpoint)?;
 
     let images: Vec<ImageEntry> = sources.images.records()?.iter().map(parse_record).collect();
 

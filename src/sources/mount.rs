@@ -2,18 +2,68 @@
 //! must be a regular, non-empty file in it.
 
 use crate::error::{FileError, SourceError};
+use crate::fsio::{read_regular, ReadError};
 use crate::snapshot::{MountEntry, PeObject};
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
-/// Why a file in the mount could not be read whole.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadProblem {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{} is larger than the {limit}-byte limit (catalogue.manifest_max_bytes)", path.display())]
-    TooLarge { path: PathBuf, limit: u64 },
+/// Whether `path` (links resolved) is where a file system is mounted: listed in
+/// `/proc/self/mountinfo`, or, where that cannot be read, on another device than its parent.
+pub fn is_mount_point(path: &Path) -> bool {
+    if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
+        return info
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .any(|point| Path::new(&unescape_mountinfo(point)) == path);
+    }
+    use std::os::unix::fs::MetadataExt;
+    let parent = path.parent().unwrap_or(path);
+    match (fs::metadata(path), fs::metadata(parent)) {
+        (Ok(here), Ok(above)) => here.dev() != above.dev() || path == parent,
+        _ => false,
+    }
+}
+
+/// mountinfo writes a space, tab, newline and backslash in a path as `\040`, `\011`, ...
+fn unescape_mountinfo(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes.get(i) == Some(&b'\\') && d.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .map(|d| d.iter().fold(0u32, |n, b| n * 8 + u32::from(b - b'0')));
+        match octal.and_then(|n| u8::try_from(n).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.extend(bytes.get(i));
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_found_in_mountinfo() {
+        assert!(is_mount_point(Path::new("/proc")));
+        let dir = tempfile::tempdir().unwrap();
+        let real = fs::canonicalize(dir.path()).unwrap();
+        assert!(!is_mount_point(&real.join("missing")));
+        fs::create_dir(real.join("plain")).unwrap();
+        assert!(!is_mount_point(&real.join("plain")));
+        assert_eq!(unescape_mountinfo("/var/lib/a\\040b"), "/var/lib/a b");
+        assert_eq!(unescape_mountinfo("/x\\\\y"), "/x\\\\y");
+    }
 }
 
 /// A walk stops with an error past this many entries: a bound, not an expectation.
@@ -22,12 +72,15 @@ const MAX_WALK_ENTRIES: usize = 1_000_000;
 #[derive(Debug, Clone)]
 pub struct Mount {
     root: PathBuf,
+    /// The root with every link resolved: a file must resolve to a path under it.
+    real_root: PathBuf,
 }
 
 impl Mount {
     pub fn new(root: &Path) -> Mount {
         Mount {
             root: root.to_owned(),
+            real_root: fs::canonicalize(root).unwrap_or_else(|_| root.to_owned()),
         }
     }
 
@@ -35,8 +88,10 @@ impl Mount {
         self.root.join(key)
     }
 
-    /// The mount root must be a readable directory; anything else is a source failure.
-    pub fn check_root(&self) -> Result<(), SourceError> {
+    /// The mount root must be a readable directory, and (unless the policy says it is a plain
+    /// directory) a mount point: s3fs not mounted leaves an empty directory, which must not
+    /// read as "every image is gone". Anything else is a source failure.
+    pub fn check_root(&self, require_mountpoint: bool) -> Result<(), SourceError> {
         let unreadable = |source: io::Error| SourceError::MountUnreadable {
             path: self.root.clone(),
             source,
@@ -48,12 +103,29 @@ impl Mount {
             });
         }
         fs::read_dir(&self.root).map_err(unreadable)?;
+        if require_mountpoint && !is_mount_point(&self.real_root) {
+            return Err(SourceError::NotAMountPoint {
+                path: self.root.clone(),
+            });
+        }
         Ok(())
     }
 
-    /// What the mount holds at `key`. Symbolic links are followed: LIO opens the path.
+    /// What the mount holds at `key`. LIO opens the path and follows links, so a link is
+    /// resolved here: a file that resolves outside the mount is never served (a link to
+    /// `/etc/shadow` in the bucket must not become a LUN any initiator can read).
     pub fn stat(&self, key: &str) -> MountEntry {
-        match fs::metadata(self.path(key)) {
+        let real = match fs::canonicalize(self.path(key)) {
+            Ok(real) => real,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return MountEntry::Missing,
+            Err(e) => return MountEntry::Error(e.to_string()),
+        };
+        if !real.starts_with(&self.real_root) {
+            return MountEntry::Outside {
+                target: real.display().to_string(),
+            };
+        }
+        match fs::metadata(&real) {
             Ok(meta) if meta.is_file() => MountEntry::File { size: meta.len() },
             Ok(_) => MountEntry::NotAFile,
             Err(e) if e.kind() == io::ErrorKind::NotFound => MountEntry::Missing,
@@ -61,25 +133,9 @@ impl Mount {
         }
     }
 
-    /// Reads a whole file of at most `max_bytes`.
-    pub fn read(&self, key: &str, max_bytes: u64) -> Result<Vec<u8>, ReadProblem> {
-        let path = self.path(key);
-        let io = |source| ReadProblem::Io {
-            path: path.clone(),
-            source,
-        };
-        let file = fs::File::open(&path).map_err(io)?;
-        let mut bytes = Vec::new();
-        file.take(max_bytes.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > max_bytes {
-            return Err(ReadProblem::TooLarge {
-                path,
-                limit: max_bytes,
-            });
-        }
-        Ok(bytes)
+    /// Reads a whole regular file of at most `max_bytes` (see [`read_regular`]).
+    pub fn read(&self, key: &str, max_bytes: u64) -> Result<Vec<u8>, ReadError> {
+        read_regular(&self.path(key), max_bytes)
     }
 
     /// Every regular file under `prefix` (a key prefix ending in '/'), as keys with sizes.

@@ -4,7 +4,7 @@
 
 use super::mount::Mount;
 use super::{ImageList, ObjectStore};
-use crate::error::{FileError, SourceError};
+use crate::error::{ReadError, SourceError};
 use crate::image::parse_answer;
 use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::{ManifestRead, ObjectInfo, PeObject};
@@ -19,8 +19,12 @@ pub struct ImsFile {
 
 impl ImageList for ImsFile {
     fn records(&self) -> Result<Vec<Value>, SourceError> {
-        let bytes = std::fs::read(&self.path)
-            .map_err(|e| FileError::new("read IMS file", &self.path, e))?;
+        let bytes = crate::fsio::read_regular(&self.path, crate::image::MAX_ANSWER_BYTES).map_err(
+            |source| SourceError::Read {
+                what: "IMS file",
+                source,
+            },
+        )?;
         parse_answer(&bytes).map_err(|problem| SourceError::ImsFile {
             path: self.path.clone(),
             problem,
@@ -41,6 +45,10 @@ impl ObjectStore for MountStore {
                 progress.tick();
                 let read = match self.mount.read(key, max_bytes) {
                     Ok(bytes) => ManifestRead::from_bytes(&bytes),
+                    Err(e @ ReadError::TooLarge { .. }) => ManifestRead::Skip(SkipReason::new(
+                        ReasonCode::ManifestUnreadable,
+                        format!("{e} (catalogue.manifest_max_bytes)"),
+                    )),
                     Err(e) => ManifestRead::Skip(SkipReason::new(
                         ReasonCode::ManifestUnreadable,
                         e.to_string(),

@@ -8,7 +8,7 @@
 
 use super::manifest_cache::ManifestCache;
 use super::{tls, ObjectStore};
-use crate::error::{FileError, SourceError};
+use crate::error::SourceError;
 use crate::policy::{S3Settings, DELETED_PREFIX};
 use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::{ManifestRead, ObjectInfo, PeObject};
@@ -72,21 +72,31 @@ impl S3Store {
 
 /// Reads `ACCESS_KEY_ID:SECRET_KEY` from the credentials file.
 pub fn read_credentials(path: &Path) -> Result<Credentials, SourceError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| FileError::new("read S3 credentials", path, e))?;
+    crate::fsio::warn_if_shared("S3 credentials", path);
+    let bytes =
+        crate::fsio::read_regular(path, super::auth::MAX_SECRET_FILE_BYTES).map_err(|source| {
+            SourceError::Read {
+                what: "S3 credentials",
+                source,
+            }
+        })?;
+    let text = String::from_utf8_lossy(&bytes);
     let line = text
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
     match line.split_once(':') {
-        Some((key, secret)) if !key.is_empty() && !secret.is_empty() => Ok(Credentials::new(
-            key,
-            secret,
-            None,
-            None,
-            "sbps-reconcile credentials file",
-        )),
+        Some((key, secret)) if !key.is_empty() && !secret.is_empty() => {
+            crate::secrets::register(secret);
+            Ok(Credentials::new(
+                key,
+                secret,
+                None,
+                None,
+                "sbps-reconcile credentials file",
+            ))
+        }
         _ => Err(SourceError::FileContent {
             what: "S3 credentials",
             path: path.to_owned(),

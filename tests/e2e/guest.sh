@@ -71,6 +71,7 @@ lio:
 catalogue:
   bucket: boot-images
   mount: $M
+  require_mountpoint: false   # a plain directory in the guest, not an s3fs mount
   ims:
     file: $IMS
 safety:

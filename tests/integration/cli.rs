@@ -398,7 +398,9 @@ fn removing_more_luns_than_the_limit_is_refused() {
     let before = fs::read(sandbox.saveconfig()).unwrap();
     let calls = sandbox.calls().len();
     sandbox.write_policy("", 1);
-    sandbox.set_images(&[]);
+    sandbox.remove_image("img-a");
+    sandbox.remove_image("img-b");
+    sandbox.add_image("img-c", "cos-c", "etag-c", b"rootfs c\n");
     let run = sandbox.run(&["--output", "json"]).expect(3);
     let report = run.json();
     assert_eq!(report["error"]["kind"], json!("safety"));
@@ -413,6 +415,7 @@ fn removing_more_luns_than_the_limit_is_refused() {
         .json();
     assert_eq!(report["applied"], json!(true));
     assert_eq!(report["summary"]["keep"], json!(1));
+    assert_eq!(report["summary"]["add"], json!(1));
 }
 
 #[test]

@@ -7,5 +7,6 @@ mod inplace;
 #[cfg(feature = "live")]
 mod live;
 mod operator;
+mod outage;
 mod plan;
 mod util;

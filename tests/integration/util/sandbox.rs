@@ -118,7 +118,7 @@ impl Sandbox {
     pub fn write_policy(&self, target_extra: &str, max_removals: usize) {
         let root = self.root().display();
         let catalogue = format!(
-            "catalogue:\n  bucket: boot-images\n  mount: {root}/mount\n  ims:\n    file: {root}/images.json\n"
+            "catalogue:\n  bucket: boot-images\n  mount: {root}/mount\n  require_mountpoint: false\n  ims:\n    file: {root}/images.json\n"
         );
         self.write_policy_with(target_extra, max_removals, &catalogue);
     }
