@@ -307,6 +307,7 @@ pub enum SourceError {
         url: String,
         /// Code and reason, e.g. "401 Unauthorized".
         status: String,
+        code: u16,
         /// 401 or 403.
         refused: bool,
         /// The start of the body.
@@ -351,6 +352,11 @@ pub enum SourceError {
     Tls { what: &'static str, problem: String },
     #[error("cannot start the I/O runtime")]
     Runtime(#[source] std::io::Error),
+    #[error(
+        "{what}: the run's deadline of {:.0} s passed (safety.run_deadline); nothing touched",
+        deadline.as_secs_f64()
+    )]
+    Deadline { what: String, deadline: Duration },
     #[error("this build has no live sources (IMS url, S3); rebuild with the `live` feature")]
     NoLiveSources,
 }

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod cli;
 mod codes;
+pub mod deadline;
 pub mod describe;
 pub mod diff;
 pub mod error;

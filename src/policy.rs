@@ -88,6 +88,8 @@ pub struct LioSection {
     /// LIO's configfs tree (`/sys/kernel/config/target`): read every run, and changed in
     /// place by `apply: configfs`.
     pub configfs: PathBuf,
+    /// Seconds one `targetctl` call may take before its process group is killed.
+    pub command_timeout: f64,
 }
 
 /// How the running target is changed.
@@ -111,6 +113,7 @@ impl Default for LioSection {
             targetcli_lock: "/var/run/targetcli.lock".into(),
             apply: ApplyMode::Configfs,
             configfs: "/sys/kernel/config/target".into(),
+            command_timeout: 600.0,
         }
     }
 }
@@ -160,6 +163,9 @@ pub struct ImsSection {
     /// Seconds for the whole request.
     #[serde(default = "default_ims_timeout")]
     pub timeout: f64,
+    /// Retries of a transient failure (a timeout, a refused connection, HTTP 5xx or 429).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
     /// PEM file of the CAs to trust (instead of the system's).
     pub ca_bundle: Option<PathBuf>,
     /// Skip TLS verification (logged as a warning on every run).
@@ -172,6 +178,10 @@ pub struct ImsSection {
 
 fn default_ims_timeout() -> f64 {
     10.0
+}
+
+fn default_retries() -> u32 {
+    2
 }
 
 /// How the tool authenticates to IMS: `none`, `{token_file: PATH}` or `{spire: {..}}`.
@@ -272,6 +282,9 @@ pub struct S3Section {
     /// Manifest GETs in flight at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Retries of a transient failure, per request.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
     /// Where parsed manifests are cached by key and ETag, so that a run with nothing new
     /// makes no manifest GET. Safe to delete; "" for no cache.
     #[serde(default = "default_cache_dir")]
@@ -334,6 +347,8 @@ pub struct SafetySection {
     pub max_removals: usize,
     /// A plan that keeps fewer than this fraction of the projections in place is refused.
     pub min_kept_fraction: f64,
+    /// Seconds the whole run may take; no request or retry outlives it.
+    pub run_deadline: f64,
 }
 
 impl Default for SafetySection {
@@ -341,6 +356,7 @@ impl Default for SafetySection {
         SafetySection {
             max_removals: 10,
             min_kept_fraction: 0.5,
+            run_deadline: 600.0,
         }
     }
 }
@@ -468,6 +484,7 @@ pub struct LioSettings {
     pub targetcli_lock: Option<PathBuf>,
     pub apply: ApplyMode,
     pub configfs: PathBuf,
+    pub command_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -525,6 +542,7 @@ pub enum ImsSource {
 pub struct ImsHttp {
     pub url: String,
     pub timeout: Duration,
+    pub retries: u32,
     pub tls: TlsSettings,
     pub auth: ImsAuth,
 }
@@ -562,6 +580,7 @@ pub struct S3Settings {
     pub timeout: Duration,
     pub page_size: u32,
     pub concurrency: usize,
+    pub retries: u32,
     /// The manifest cache's directory, `None` for no cache.
     pub cache_dir: Option<PathBuf>,
 }
@@ -570,6 +589,7 @@ pub struct S3Settings {
 pub struct Safety {
     pub max_removals: usize,
     pub min_kept_fraction: f64,
+    pub run_deadline: Duration,
 }
 
 /// Linux initiators ignore LUN numbers from 512 on by default (`scsi_mod.max_luns`).
@@ -647,6 +667,7 @@ fn check_safety(section: SafetySection) -> Result<Safety, String> {
     Ok(Safety {
         max_removals: section.max_removals,
         min_kept_fraction: section.min_kept_fraction,
+        run_deadline: seconds(section.run_deadline, "run_deadline")?,
     })
 }
 
@@ -814,6 +835,7 @@ fn check_lio(section: LioSection) -> Result<LioSettings, String> {
         targetcli_lock,
         apply: section.apply,
         configfs: section.configfs,
+        command_timeout: seconds(section.command_timeout, "command_timeout")?,
     })
 }
 
@@ -917,6 +939,7 @@ fn check_ims(section: ImsSection) -> Result<ImsSource, String> {
             Ok(ImsSource::Http(ImsHttp {
                 url,
                 timeout: seconds(section.timeout, "timeout")?,
+                retries: check_retries(section.retries)?,
                 tls: TlsSettings {
                     ca_bundle: section.ca_bundle,
                     insecure: section.insecure,
@@ -952,12 +975,20 @@ fn check_s3(section: S3Section) -> Result<S3Settings, String> {
         timeout: seconds(section.timeout, "timeout")?,
         page_size: section.page_size,
         concurrency: section.concurrency,
+        retries: check_retries(section.retries)?,
         cache_dir: match section.cache_dir {
             dir if dir.as_os_str().is_empty() => None,
             dir if dir.is_absolute() => Some(dir),
             dir => return Err(format!("cache_dir {dir:?} is not an absolute path")),
         },
     })
+}
+
+fn check_retries(retries: u32) -> Result<u32, String> {
+    if retries > 10 {
+        return Err(format!("retries {retries} is above 10"));
+    }
+    Ok(retries)
 }
 
 fn seconds(value: f64, name: &str) -> Result<Duration, String> {

@@ -35,13 +35,17 @@ pub fn describe(command: &Command) -> String {
         .join(" ")
 }
 
-/// Runs `command` with no stdin, killing it past `timeout`.
+/// Runs `command` with no stdin, in a process group of its own, killing the whole group
+/// past `timeout` (a `targetctl` stuck in the kernel, or a child it started, must not hold
+/// the locks forever).
 pub fn run_bounded(
     command: &mut Command,
     timeout: Duration,
 ) -> Result<ProcessOutput, ProcessError> {
+    use std::os::unix::process::CommandExt;
     let text = describe(command);
     let mut child = command
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -60,6 +64,8 @@ pub fn run_bounded(
                 std::thread::sleep(Duration::from_millis(20));
             }
             Ok(None) => {
+                let group = rustix::process::Pid::from_child(&child);
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(ProcessError::TimedOut {
@@ -112,8 +118,26 @@ mod tests {
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr_first_line().as_deref(), Some("err"));
         assert!(out.status.contains('3'), "{}", out.status);
-        let slow = run_bounded(Command::new("sleep").arg("5"), Duration::from_millis(100));
+        // The whole group goes: the shell and the sleep it started.
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let slow = run_bounded(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("sleep 30 & echo $! > {}; wait", pid_file.display())),
+            Duration::from_millis(500),
+        );
         assert!(matches!(slow, Err(ProcessError::TimedOut { .. })));
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let gone = (0..100).any(|_| {
+            let alive = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .is_ok_and(|stat| !stat.contains(") Z "));
+            if alive {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        });
+        assert!(gone, "the child's child {pid} outlived the timeout");
         let missing = run_bounded(&mut Command::new("/nonexistent/x"), Duration::from_secs(1));
         match missing {
             Err(ProcessError::Spawn { command, .. }) => assert_eq!(command, "/nonexistent/x"),

@@ -4,8 +4,9 @@
 
 use crate::apply::{self, Lock};
 use crate::cli::{Cli, Command, Output};
+use crate::deadline::Deadline;
 use crate::diff;
-use crate::error::{Error, ErrorKind, Exit};
+use crate::error::{Error, ErrorKind, Exit, SourceError};
 use crate::kernel::configfs::Configfs;
 use crate::lio::managed::ManagedView;
 use crate::lio::running::RunningState;
@@ -115,8 +116,9 @@ fn load_policy(cli: &Cli) -> Result<Policy, Error> {
 fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     let policy = load_policy(cli)?;
     record.metrics_file.clone_from(&policy.metrics_file);
+    let deadline = Deadline::after(policy.safety.run_deadline);
     let current = CurrentFile::read(&policy.lio.saveconfig)?;
-    let snapshot = read_catalogue(&policy)?;
+    let snapshot = read_catalogue(&policy, deadline)?;
     let running = read_running(&policy)?;
 
     let plan = plan_and_report(&policy, &snapshot, &current, running.as_ref(), cli, record);
@@ -160,6 +162,14 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
         (current_now, plan)
     };
 
+    // Sources that took the whole allowance leave no time to change the target safely.
+    if deadline.passed() {
+        return Err(SourceError::Deadline {
+            what: "reading the catalogue".to_string(),
+            deadline: deadline.total(),
+        }
+        .into());
+    }
     let expected = ManagedView::of(&plan.desired, &policy.catalogue, &policy.target);
     let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H:%M:%S").to_string();
     let change = apply::Change {
@@ -198,8 +208,8 @@ fn changed_exit(cli: &Cli) -> Exit {
     }
 }
 
-fn read_catalogue(policy: &Policy) -> Result<Snapshot, Error> {
-    let sources = sources::open(policy)?;
+fn read_catalogue(policy: &Policy, deadline: Deadline) -> Result<Snapshot, Error> {
+    let sources = sources::open(policy, deadline)?;
     Ok(sources::collect(policy, &sources)?)
 }
 
@@ -297,22 +307,23 @@ fn status_command(cli: &Cli) -> Exit {
         let policy = load_policy(cli)?;
         let current = CurrentFile::read(&policy.lio.saveconfig)?;
         let running = read_running(&policy)?;
-        let (plan, catalogue_error) = match read_catalogue(&policy) {
-            Ok(snapshot) => (
-                Some(plan::plan(
-                    &policy,
-                    &snapshot,
-                    &current.config,
-                    running.as_ref(),
-                )),
-                None,
-            ),
-            Err(e) => {
-                let text = crate::error::chain(&e);
-                log::warn!("{text}");
-                (None, Some(text))
-            }
-        };
+        let (plan, catalogue_error) =
+            match read_catalogue(&policy, Deadline::after(policy.safety.run_deadline)) {
+                Ok(snapshot) => (
+                    Some(plan::plan(
+                        &policy,
+                        &snapshot,
+                        &current.config,
+                        running.as_ref(),
+                    )),
+                    None,
+                ),
+                Err(e) => {
+                    let text = crate::error::chain(&e);
+                    log::warn!("{text}");
+                    (None, Some(text))
+                }
+            };
         Ok::<_, Error>(status::status(
             &current.config,
             &policy,
@@ -338,7 +349,7 @@ fn explain_command(cli: &Cli, query: &str) -> Exit {
     let result = (|| {
         let policy = load_policy(cli)?;
         let current = CurrentFile::read(&policy.lio.saveconfig)?;
-        let snapshot = read_catalogue(&policy)?;
+        let snapshot = read_catalogue(&policy, Deadline::after(policy.safety.run_deadline))?;
         let running = read_running(&policy)?;
         let plan = plan::plan(&policy, &snapshot, &current.config, running.as_ref());
         Ok::<_, Error>(explain::explain(&policy, &snapshot, &plan, query))

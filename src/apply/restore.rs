@@ -16,6 +16,7 @@ pub fn apply(policy: &Policy, change: &Change) -> Result<Applied, Error> {
     let lio = &policy.lio;
     let targetctl = Targetctl {
         path: lio.targetctl.clone(),
+        timeout: lio.command_timeout,
     };
     targetctl.preflight()?;
     let backup = back_up(policy, change)?;

@@ -5,15 +5,19 @@
 //! `, skipped` lines and for `No saved config file`.
 
 use crate::error::{ApplyError, FileError, ProcessError, TargetctlFailure};
+use crate::process::{run_bounded, ProcessOutput};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+use std::time::Duration;
 
 /// The `targetctl` program, run without a shell.
 #[derive(Debug, Clone)]
 pub struct Targetctl {
     pub path: PathBuf,
+    /// How long one call may take before its process group is killed (lio.command_timeout).
+    pub timeout: Duration,
 }
 
 impl Targetctl {
@@ -40,15 +44,9 @@ impl Targetctl {
         command
     }
 
-    fn run(&self, command: &mut Command) -> Result<Output, ProcessError> {
+    fn run(&self, command: &mut Command) -> Result<ProcessOutput, ProcessError> {
         log::debug!("running {:?}", command);
-        command
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|source| ProcessError::Spawn {
-                command: crate::process::describe(command),
-                source,
-            })
+        run_bounded(command, self.timeout)
     }
 
     /// `targetctl restore FILE`, with its silent failures turned into errors.
@@ -56,14 +54,14 @@ impl Targetctl {
         let mut command = self.command(&["restore"], Some(file));
         let output = self.run(&mut command)?;
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = output.stderr.as_str();
         for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
             log::debug!("targetctl restore: {line}");
         }
         let failure = TargetctlFailure {
             command: crate::process::describe(&command),
-            status: (!output.status.success()).then(|| output.status.to_string()),
-            stderr_first_line: first_line(&stderr),
+            status: (!output.success).then(|| output.status.clone()),
+            stderr_first_line: output.stderr_first_line(),
             skipped: stderr
                 .lines()
                 .filter(|line| line.trim_end().ends_with(", skipped"))
@@ -84,7 +82,7 @@ impl Targetctl {
     pub fn save_to_string(&self, file: &Path) -> Result<Vec<u8>, ApplyError> {
         let mut command = self.command(&["save"], Some(file));
         let output = self.run(&mut command)?;
-        let result = if output.status.success() {
+        let result = if output.success {
             fs::read(file).map_err(|e| FileError::new("read", file, e).into())
         } else {
             Err(Self::failed(&command, &output).into())
@@ -97,7 +95,7 @@ impl Targetctl {
     pub fn clear(&self) -> Result<(), ApplyError> {
         let mut command = self.command(&["clear"], None);
         let output = self.run(&mut command)?;
-        if output.status.success() {
+        if output.success {
             Ok(())
         } else {
             Err(Self::failed(&command, &output).into())
@@ -105,20 +103,13 @@ impl Targetctl {
     }
 
     /// A command that exited with a failure status.
-    fn failed(command: &Command, output: &Output) -> TargetctlFailure {
+    fn failed(command: &Command, output: &ProcessOutput) -> TargetctlFailure {
         TargetctlFailure {
             command: crate::process::describe(command),
-            status: Some(output.status.to_string()),
-            stderr_first_line: first_line(&String::from_utf8_lossy(&output.stderr)),
+            status: Some(output.status.clone()),
+            stderr_first_line: output.stderr_first_line(),
             skipped: Vec::new(),
             no_file: None,
         }
     }
-}
-
-fn first_line(text: &str) -> Option<String> {
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_owned)
 }

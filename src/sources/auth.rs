@@ -3,6 +3,7 @@
 //! The SPIRE registration on CSM matches the agent binary the old agent ran, so the tool
 //! runs that binary too, with an argument vector (no shell). Tokens never reach a log line.
 
+use crate::deadline::Deadline;
 use crate::error::{SourceError, SvidProblem};
 use crate::policy::{ImsAuth, Spire};
 use crate::process::run_bounded;
@@ -16,7 +17,7 @@ pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 pub const XNAME_FILE: &str = "/etc/cray/xname";
 
 /// The bearer token for this run, if the policy asks for one.
-pub fn token(auth: &ImsAuth) -> Result<Option<String>, SourceError> {
+pub fn token(auth: &ImsAuth, deadline: &Deadline) -> Result<Option<String>, SourceError> {
     match auth {
         ImsAuth::None => Ok(None),
         ImsAuth::TokenFile(path) => {
@@ -44,14 +45,18 @@ pub fn token(auth: &ImsAuth) -> Result<Option<String>, SourceError> {
             let xname = std::fs::read_to_string(XNAME_FILE)
                 .ok()
                 .map(|x| x.trim().to_string());
-            spire_token(spire, xname.as_deref()).map(Some)
+            spire_token(spire, xname.as_deref(), deadline).map(Some)
         }
     }
 }
 
 /// Runs `AGENT api fetch jwt -audience AUD -socketPath SOCK -output json` and returns the
 /// SVID of the first accepted SPIFFE ID.
-pub fn spire_token(spire: &Spire, xname: Option<&str>) -> Result<String, SourceError> {
+pub fn spire_token(
+    spire: &Spire,
+    xname: Option<&str>,
+    deadline: &Deadline,
+) -> Result<String, SourceError> {
     let mut command = Command::new(&spire.agent);
     command.args([
         "api",
@@ -63,11 +68,12 @@ pub fn spire_token(spire: &Spire, xname: Option<&str>) -> Result<String, SourceE
     ]);
     command.arg(&spire.socket);
     command.args(["-output", "json"]);
-    let output =
-        run_bounded(&mut command, spire.timeout).map_err(|source| SourceError::SpireRun {
+    let output = run_bounded(&mut command, deadline.cap(spire.timeout)).map_err(|source| {
+        SourceError::SpireRun {
             agent: spire.agent.clone(),
             source,
-        })?;
+        }
+    })?;
     if !output.success {
         return Err(SourceError::SpireFailed {
             agent: spire.agent.clone(),

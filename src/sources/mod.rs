@@ -16,6 +16,7 @@ pub mod s3;
 #[cfg(feature = "live")]
 pub mod tls;
 
+use crate::deadline::Deadline;
 use crate::error::SourceError;
 use crate::image::{parse_record, ImageEntry};
 use crate::policy::{ImsSource, Policy};
@@ -55,15 +56,19 @@ pub struct Sources {
 
 /// Builds the sources the policy names: IMS from a file or over HTTPS, objects from the
 /// mount (offline) or from S3.
-pub fn open(policy: &Policy) -> Result<Sources, SourceError> {
+pub fn open(policy: &Policy, deadline: Deadline) -> Result<Sources, SourceError> {
     let catalogue = &policy.catalogue;
     let mount = Mount::new(&catalogue.mount);
     #[cfg(feature = "live")]
     let runtime = live_runtime()?;
+    #[cfg(not(feature = "live"))]
+    let _ = deadline;
     let images: Box<dyn ImageList> = match &catalogue.ims {
         ImsSource::File(path) => Box::new(offline::ImsFile { path: path.clone() }),
         #[cfg(feature = "live")]
-        ImsSource::Http(settings) => Box::new(ims::ImsClient::new(settings, runtime.clone())?),
+        ImsSource::Http(settings) => {
+            Box::new(ims::ImsClient::new(settings, runtime.clone(), deadline)?)
+        }
         #[cfg(not(feature = "live"))]
         ImsSource::Http(_) => return Err(SourceError::NoLiveSources),
     };
@@ -72,7 +77,12 @@ pub fn open(policy: &Policy) -> Result<Sources, SourceError> {
             mount: mount.clone(),
         }),
         #[cfg(feature = "live")]
-        Some(settings) => Box::new(s3::S3Store::new(settings, &catalogue.bucket, runtime)?),
+        Some(settings) => Box::new(s3::S3Store::new(
+            settings,
+            &catalogue.bucket,
+            runtime,
+            deadline,
+        )?),
         #[cfg(not(feature = "live"))]
         Some(_) => return Err(SourceError::NoLiveSources),
     };

@@ -8,10 +8,13 @@
 
 use super::manifest_cache::ManifestCache;
 use super::{tls, ObjectStore};
+use crate::deadline::Deadline;
 use crate::error::SourceError;
 use crate::policy::{S3Settings, DELETED_PREFIX};
 use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::{ManifestRead, ObjectInfo, PeObject};
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
@@ -25,6 +28,7 @@ use aws_smithy_types::body::SdkBody;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::runtime::Runtime;
 
 /// A bound on listing pages: 100,000 pages of up to 1,000 keys.
@@ -38,6 +42,7 @@ pub struct S3Store {
     bucket: String,
     settings: S3Settings,
     runtime: Arc<Runtime>,
+    deadline: Deadline,
     listing: OnceLock<BTreeMap<String, ObjectInfo>>,
 }
 
@@ -46,12 +51,14 @@ impl S3Store {
         settings: &S3Settings,
         bucket: &str,
         runtime: Arc<Runtime>,
+        deadline: Deadline,
     ) -> Result<S3Store, SourceError> {
         Ok(S3Store {
-            client: client(settings)?,
+            client: client(settings, deadline)?,
             bucket: bucket.to_string(),
             settings: settings.clone(),
             runtime,
+            deadline,
             listing: OnceLock::new(),
         })
     }
@@ -65,6 +72,7 @@ impl S3Store {
             &self.client,
             &self.bucket,
             self.settings.page_size,
+            self.deadline,
         ))?;
         Ok(self.listing.get_or_init(|| listing))
     }
@@ -105,8 +113,13 @@ pub fn read_credentials(path: &Path) -> Result<Credentials, SourceError> {
     }
 }
 
-/// An S3 client for the policy's endpoint: path-style, static credentials, our connector.
-pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, SourceError> {
+/// An S3 client for the policy's endpoint: path-style, static credentials, our connector;
+/// transient failures retried `settings.retries` times with the SDK's backoff, and no
+/// operation (retries included) outliving the run's deadline.
+pub fn client(
+    settings: &S3Settings,
+    deadline: Deadline,
+) -> Result<aws_sdk_s3::Client, SourceError> {
     let credentials = read_credentials(&settings.credentials_file)?;
     let http = tls::http_client(&settings.tls, "S3", settings.timeout)?;
     let connector = SharedHttpConnector::new(ReqwestConnector { client: http });
@@ -120,6 +133,12 @@ pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, SourceError> 
         // Whole-body checksums need streaming bodies; ETags are checked by the planner.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .retry_config(RetryConfig::standard().with_max_attempts(settings.retries + 1))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(deadline.remaining().max(Duration::from_millis(1)))
+                .build(),
+        )
         .build();
     Ok(aws_sdk_s3::Client::from_conf(config))
 }
@@ -128,10 +147,17 @@ async fn list_bucket(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     page_size: u32,
+    deadline: Deadline,
 ) -> Result<BTreeMap<String, ObjectInfo>, SourceError> {
     let mut objects = BTreeMap::new();
     let mut token: Option<String> = None;
     for page in 1..=MAX_PAGES {
+        if deadline.passed() {
+            return Err(SourceError::Deadline {
+                what: format!("listing bucket {bucket} (page {page})"),
+                deadline: deadline.total(),
+            });
+        }
         let mut request = client
             .list_objects_v2()
             .bucket(bucket)

@@ -652,3 +652,35 @@ fn bad_input_is_skipped_with_a_reason_and_the_run_goes_on() {
     assert_eq!(report["projections"][0]["image_id"], json!("good"));
     assert_eq!(report["applied"], json!(true));
 }
+
+#[test]
+fn a_targetctl_that_never_returns_is_killed_with_its_children_and_rolled_back() {
+    let (sandbox, previous) = applied_then_changed();
+    sandbox.write_policy("", 10);
+    let policy = sandbox.read("policy.yaml").unwrap();
+    sandbox.write(
+        "policy.yaml",
+        policy.replace(
+            "  apply: restore\n",
+            "  apply: restore\n  command_timeout: 1\n",
+        ),
+    );
+    sandbox.stub("hang-restore", "2\n");
+    let run = sandbox.run(&["--output", "json"]).expect(1);
+    assert_rolled_back(&sandbox, &previous, &run);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("gave no answer within 1.0 s; killed"),
+        "{message}"
+    );
+    // The stand-in and the child it started are gone: nothing holds on after the run.
+    let pids = sandbox.read("bin/hung.pids").unwrap();
+    for pid in pids.split_whitespace() {
+        let alive = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "));
+        assert!(!alive, "process {pid} outlived the run");
+    }
+    // The locks are free again.
+    sandbox.stub("hang-restore", "");
+    sandbox.run(&[]).expect(0);
+}

@@ -156,7 +156,12 @@ fn ims_failures_fail_the_run_and_change_nothing() {
                 .take()
                 .unwrap_or_else(|| Reply::json(500, ""))
         });
-        sandbox.write_policy_with("", 10, &ims_catalogue(&sandbox, &server.url(IMS_PATH), ""));
+        // One answer, no retry: each failure is judged on its own.
+        sandbox.write_policy_with(
+            "",
+            10,
+            &ims_catalogue(&sandbox, &server.url(IMS_PATH), "    retries: 0\n"),
+        );
         let run = sandbox.run(&["--output", "json"]).expect(1);
         assert_no_token(&run);
         let error = &run.json()["error"];
@@ -670,4 +675,65 @@ fn unchanged_manifests_are_not_fetched_again() {
     live.s3.proxy.clear();
     live.sandbox.run(&["--dry-run"]).expect(0);
     assert_eq!(manifest_gets(&live.s3), 0);
+}
+
+/// An IMS server that fails with 503 `failures` times, then answers `[]`; counts requests.
+fn flaky_ims(failures: usize) -> (HttpServer, Arc<Mutex<usize>>) {
+    let count = Arc::new(Mutex::new(0usize));
+    let seen = count.clone();
+    let server = HttpServer::start(move |_| {
+        let mut n = seen.lock().unwrap();
+        *n += 1;
+        if *n <= failures {
+            Reply::json(503, "gateway busy")
+        } else {
+            Reply::json(200, "[]")
+        }
+    });
+    (server, count)
+}
+
+#[test]
+fn transient_ims_failures_are_retried() {
+    let sandbox = Sandbox::new();
+    sandbox.write("ims.token", TOKEN);
+    let (server, count) = flaky_ims(2);
+    sandbox.write_policy_with("", 10, &ims_catalogue(&sandbox, &server.url(IMS_PATH), ""));
+    let run = sandbox.run(&["--dry-run"]).expect(0);
+    assert_eq!(*count.lock().unwrap(), 3, "{}", run.describe());
+    assert!(run.stderr.contains("retry 2 of 2"), "{}", run.stderr);
+    // Without retries, the first 503 fails the run.
+    let (server, count) = flaky_ims(1);
+    sandbox.write_policy_with(
+        "",
+        10,
+        &ims_catalogue(&sandbox, &server.url(IMS_PATH), "    retries: 0\n"),
+    );
+    let run = sandbox.run(&["--dry-run", "--output", "json"]).expect(1);
+    assert_eq!(*count.lock().unwrap(), 1);
+    assert!(run.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("HTTP 503"));
+}
+
+#[test]
+fn no_retry_outlives_the_run_deadline() {
+    let sandbox = Sandbox::new();
+    sandbox.write("ims.token", TOKEN);
+    let (server, count) = flaky_ims(usize::MAX);
+    sandbox.write_policy_with(
+        "",
+        10,
+        &ims_catalogue(&sandbox, &server.url(IMS_PATH), "    retries: 10\n"),
+    );
+    let policy = sandbox.read("policy.yaml").unwrap();
+    sandbox.write(
+        "policy.yaml",
+        policy.replace("safety:\n", "safety:\n  run_deadline: 1\n"),
+    );
+    let run = sandbox.run(&["--dry-run", "--output", "json"]).expect(1);
+    // 0.5 s after the first failure, 1 s after the second: past the 1 s deadline.
+    assert_eq!(*count.lock().unwrap(), 2, "{}", run.describe());
+    assert_eq!(run.json()["error"]["kind"], json!("source"));
 }

@@ -62,9 +62,11 @@ impl S3Fixture {
             timeout: Duration::from_secs(60),
             page_size: 1000,
             concurrency: 4,
+            retries: 2,
             cache_dir: None,
         };
-        let client = sbps_reconcile::sources::s3::client(&settings).unwrap();
+        let deadline = sbps_reconcile::deadline::Deadline::after(Duration::from_secs(600));
+        let client = sbps_reconcile::sources::s3::client(&settings, deadline).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
