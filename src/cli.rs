@@ -44,9 +44,14 @@ pub struct Cli {
     #[arg(long)]
     pub detailed_exitcode: bool,
 
-    /// Apply even when the plan removes more LUNs than safety.max_removals.
+    /// Apply even when the plan removes more LUNs than safety.max_removals, keeps fewer than
+    /// safety.min_kept_fraction, or a source yields nothing while LUNs are projected from it.
     #[arg(long)]
     pub allow_removals: bool,
+
+    /// Try a plan that failed the last time at once, without waiting out its backoff.
+    #[arg(long)]
+    pub retry_now: bool,
 
     /// Write Prometheus metrics (node_exporter textfile format) to PATH, also on a dry run.
     /// Without it, metrics.file from the policy is used for runs that are not dry runs.
@@ -104,6 +109,7 @@ impl Cli {
                 (cli.dry_run, "--dry-run"),
                 (cli.detailed_exitcode, "--detailed-exitcode"),
                 (cli.allow_removals, "--allow-removals"),
+                (cli.retry_now, "--retry-now"),
                 (cli.metrics_file.is_some(), "--metrics-file"),
             ];
             if let Some((_, flag)) = run_only.iter().find(|(given, _)| *given) {

@@ -16,6 +16,17 @@ pub fn json_value(value: &Value) -> String {
     }
 }
 
+/// A Unix time as this host's local time, for messages.
+pub fn local_time(unix: u64) -> String {
+    jiff::Timestamp::from_second(i64::try_from(unix).unwrap_or(i64::MAX))
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S %Z")
+                .to_string()
+        })
+        .unwrap_or_else(|_| unix.to_string())
+}
+
 /// Text from outside (an IMS id or name, an object key, a server's answer) as one printable
 /// line: control characters are escaped, so that a name holding a newline cannot forge a
 /// log line (`<3>error: ...`) or a line of the text report.

@@ -59,6 +59,9 @@ named_enum! {
         RolledBack = "rolled_back",
         /// The apply failed, and restoring the previous configuration failed too.
         RollbackFailed = "rollback_failed",
+        /// The same plan failed the last time it was tried: the run waits (15 min, doubling
+        /// to 4 h) before changing the target again; --retry-now tries at once.
+        BackedOff = "backed_off",
     }
 }
 
@@ -72,7 +75,8 @@ impl ErrorKind {
             | ErrorKind::CurrentConfig
             | ErrorKind::Apply
             | ErrorKind::RolledBack
-            | ErrorKind::RollbackFailed => Exit::Failure,
+            | ErrorKind::RollbackFailed
+            | ErrorKind::BackedOff => Exit::Failure,
         }
     }
 }
@@ -117,6 +121,18 @@ pub enum Error {
         #[source]
         error: ApplyError,
     },
+    #[error(
+        "the same plan failed {count} time(s) in a row, last at {last} ({kind}: {message}); not \
+         tried again before {retry} (sbps-reconcile --retry-now tries at once)"
+    )]
+    BackedOff {
+        count: u32,
+        kind: ErrorKind,
+        message: String,
+        /// Local times, as text.
+        last: String,
+        retry: String,
+    },
     /// Two failures side by side (neither caused the other), so both are in the message.
     #[error(
         "{}; restoring the previous configuration also failed: {}; \
@@ -143,6 +159,7 @@ impl Error {
             Error::Apply(_) => ErrorKind::Apply,
             Error::RolledBack { .. } => ErrorKind::RolledBack,
             Error::RollbackFailed { .. } => ErrorKind::RollbackFailed,
+            Error::BackedOff { .. } => ErrorKind::BackedOff,
         }
     }
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod backoff;
 pub mod cli;
 mod codes;
 pub mod deadline;

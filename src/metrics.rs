@@ -20,6 +20,10 @@ pub struct RunMetrics {
     pub plan: Option<PlanFigures>,
     /// Whether the plan was applied (its changes count as applied).
     pub applied: bool,
+    /// Failures in a row of the plan this run tried (0 when it applied, or had nothing to do).
+    pub failures_in_a_row: u32,
+    /// Unix time from which a failing plan is tried again.
+    pub retry_unix: Option<u64>,
 }
 
 /// What a plan holds, counted.
@@ -143,6 +147,18 @@ pub fn render(previous: &str, run: &RunMetrics) -> String {
         "Projections added, removed or updated by applied runs.",
         applied,
     );
+    metric(
+        "consecutive_failures",
+        "gauge",
+        "Failures in a row of the plan the last run tried (0: it applied, or had nothing to do).",
+        vec![(String::new(), f64::from(run.failures_in_a_row))],
+    );
+    metric(
+        "retry_after_timestamp_seconds",
+        "gauge",
+        "Unix time from which a failing plan is tried again (0: nothing is backing off).",
+        vec![(String::new(), run.retry_unix.map_or(0.0, |t| t as f64))],
+    );
     if let Some(plan) = &run.plan {
         metric(
             "projections",
@@ -201,6 +217,7 @@ mod tests {
                 actions: [(Action::Add, 2), (Action::Keep, 3)].into(),
             }),
             applied: true,
+            ..RunMetrics::default()
         }
     }
 
@@ -223,6 +240,15 @@ mod tests {
         assert!(second.contains("sbps_reconcile_failures_total{kind=\"source\"} 1\n"));
         assert!(second.contains("sbps_reconcile_changes_applied_total{action=\"add\"} 2\n"));
         assert!(second.contains("sbps_reconcile_run_duration_seconds 1.250\n"));
+        assert!(second.contains("sbps_reconcile_consecutive_failures 0\n"));
+        let backing_off = RunMetrics {
+            failures_in_a_row: 2,
+            retry_unix: Some(1_700_001_800),
+            ..failed
+        };
+        let third = render(&second, &backing_off);
+        assert!(third.contains("sbps_reconcile_consecutive_failures 2\n"));
+        assert!(third.contains("sbps_reconcile_retry_after_timestamp_seconds 1700001800\n"));
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub struct LioSection {
     pub configfs: PathBuf,
     /// Seconds one `targetctl` call may take before its process group is killed.
     pub command_timeout: f64,
+    /// Where the record of a failing plan is kept (soft state, safe to delete).
+    pub state_dir: PathBuf,
 }
 
 /// How the running target is changed.
@@ -114,6 +116,7 @@ impl Default for LioSection {
             apply: ApplyMode::Configfs,
             configfs: "/sys/kernel/config/target".into(),
             command_timeout: 600.0,
+            state_dir: "/var/lib/sbps-reconcile".into(),
         }
     }
 }
@@ -374,6 +377,7 @@ impl PolicyFile {
         resolve(&mut self.lio.lock_file);
         resolve(&mut self.lio.targetcli_lock);
         resolve(&mut self.lio.configfs);
+        resolve(&mut self.lio.state_dir);
         resolve(&mut self.catalogue.mount);
         let ims = &mut self.catalogue.ims;
         for path in [&mut ims.file, &mut ims.ca_bundle].into_iter().flatten() {
@@ -485,6 +489,7 @@ pub struct LioSettings {
     pub apply: ApplyMode,
     pub configfs: PathBuf,
     pub command_timeout: Duration,
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -800,6 +805,7 @@ fn check_lio(section: LioSection) -> Result<LioSettings, String> {
         ("backup_dir", &section.backup_dir),
         ("lock_file", &section.lock_file),
         ("configfs", &section.configfs),
+        ("state_dir", &section.state_dir),
     ] {
         if !path.is_absolute() {
             return Err(format!("{name} {path:?} is not an absolute path"));
@@ -836,6 +842,7 @@ fn check_lio(section: LioSection) -> Result<LioSettings, String> {
         apply: section.apply,
         configfs: section.configfs,
         command_timeout: seconds(section.command_timeout, "command_timeout")?,
+        state_dir: section.state_dir,
     })
 }
 

@@ -3,6 +3,7 @@
 //! policy -> sources -> snapshot -> plan -> diff -> apply -> report.
 
 use crate::apply::{self, Lock};
+use crate::backoff::{self, FailureLog, FailureRecord};
 use crate::cli::{Cli, Command, Output};
 use crate::deadline::Deadline;
 use crate::diff;
@@ -79,6 +80,14 @@ struct RunRecord {
     metrics_file: Option<PathBuf>,
     /// The figures of the last plan, once there was one.
     figures: Option<PlanFigures>,
+    /// The failing plan's record, when the run got as far as looking at it.
+    last_failure: Option<FailureRecord>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One reconcile run: prints the report (also on failure), writes the metrics, and returns
@@ -89,6 +98,7 @@ fn reconcile_command(cli: &Cli) -> Exit {
         report: Report::empty(cli.dry_run),
         metrics_file: None,
         figures: None,
+        last_failure: None,
     };
     let result = reconcile(cli, &mut record);
     let (exit, failure) = match result {
@@ -124,7 +134,12 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     let plan = plan_and_report(&policy, &snapshot, &current, running.as_ref(), cli, record);
     log_plan(&plan);
     safety::check(&policy, &snapshot, &plan, cli.allow_removals)?;
+    let failures = FailureLog::new(&policy.lio.state_dir);
     if !plan.needs_apply() {
+        if !cli.dry_run {
+            // Nothing left to try: a failure of an older plan no longer matters.
+            failures.clear();
+        }
         log_summary(&plan, false, cli.dry_run);
         return Ok(Exit::Success);
     }
@@ -170,6 +185,26 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
         }
         .into());
     }
+    // The same plan failed the last time: do not tear the target down again yet.
+    let fingerprint = backoff::fingerprint(&plan, policy.lio.apply);
+    let last_failure = failures.load();
+    record.last_failure.clone_from(&last_failure);
+    if let Some(last) = backoff::must_wait(last_failure.as_ref(), &fingerprint, now_unix()) {
+        if cli.retry_now {
+            log::warn!(
+                "the same plan failed {} time(s); trying again (--retry-now)",
+                last.count
+            );
+        } else {
+            return Err(Error::BackedOff {
+                count: last.count,
+                kind: last.kind,
+                message: last.message.clone(),
+                last: crate::describe::local_time(last.last_unix),
+                retry: crate::describe::local_time(last.retry_unix()),
+            });
+        }
+    }
     let expected = ManagedView::of(&plan.desired, &policy.catalogue, &policy.target);
     let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H:%M:%S").to_string();
     let change = apply::Change {
@@ -178,7 +213,32 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
         expected: &expected,
         stamp: &stamp,
     };
-    let applied = apply::apply(&policy, &change)?;
+    let applied = match apply::apply(&policy, &change) {
+        Ok(applied) => {
+            failures.clear();
+            record.last_failure = None;
+            applied
+        }
+        Err(error) => {
+            let next = backoff::next_record(
+                last_failure.as_ref(),
+                &fingerprint,
+                error.kind(),
+                &crate::secrets::redact(&crate::error::chain(&error)),
+                now_unix(),
+            );
+            if let Err(e) = failures.save(&next) {
+                log::warn!("cannot record the failure: {}", crate::error::chain(&e));
+            }
+            log::warn!(
+                "the same plan is not tried again before {} ({} failure(s) in a row)",
+                crate::describe::local_time(next.retry_unix()),
+                next.count
+            );
+            record.last_failure = Some(next);
+            return Err(error);
+        }
+    };
     record.report.applied = true;
     record.report.kernel_changes = applied.kernel_changes;
     record.report.backup = applied.backup.map(|p| p.display().to_string());
@@ -295,6 +355,8 @@ fn write_metrics(cli: &Cli, record: &RunRecord, failure: Option<ErrorKind>, star
         failure,
         plan: record.figures.clone(),
         applied: record.report.applied,
+        failures_in_a_row: record.last_failure.as_ref().map_or(0, |r| r.count),
+        retry_unix: record.last_failure.as_ref().map(FailureRecord::retry_unix),
     };
     if let Err(e) = crate::metrics::write(path, &run) {
         log::warn!("cannot write metrics: {}", crate::error::chain(&e));
@@ -324,13 +386,15 @@ fn status_command(cli: &Cli) -> Exit {
                     (None, Some(text))
                 }
             };
-        Ok::<_, Error>(status::status(
+        let mut status = status::status(
             &current.config,
             &policy,
             plan.as_ref(),
             running.as_ref(),
             catalogue_error,
-        ))
+        );
+        status.last_failure = FailureLog::new(&policy.lio.state_dir).load();
+        Ok::<_, Error>(status)
     })();
     match result {
         Ok(status) => {

@@ -2,6 +2,7 @@
 //! catalogue can tell: what the kernel runs (configfs) where LIO is loaded, else what
 //! `saveconfig.json` holds, and where the two differ. Reads only.
 
+use crate::backoff::FailureRecord;
 use crate::lio::managed::{portals, ManagedObject, ManagedView};
 use crate::lio::running::RunningState;
 use crate::lio::{fileio_name, lun_index, luns as luns_of_tpg, path_of, SaveConfig};
@@ -30,6 +31,8 @@ pub struct Status {
     /// How saveconfig.json differs from the running target, one line each (the next run
     /// repairs it).
     pub file_differs: Vec<String>,
+    /// The plan that keeps failing, when runs are backing off from it.
+    pub last_failure: Option<FailureRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +93,7 @@ fn empty_status(policy: &Policy, source: &'static str) -> Status {
         catalogue_error: None,
         source,
         file_differs: Vec::new(),
+        last_failure: None,
     }
 }
 
@@ -292,6 +296,17 @@ impl Status {
                 out,
                 "Managed storage objects without a LUN: {}",
                 self.unmapped.join(", ")
+            );
+        }
+        if let Some(failure) = &self.last_failure {
+            let _ = writeln!(
+                out,
+                "Backing off: the same plan failed {} time(s) in a row ({}: {}); runs try it \
+                 again from {} (sbps-reconcile --retry-now tries at once)",
+                failure.count,
+                failure.kind,
+                crate::describe::printable(&failure.message),
+                crate::describe::local_time(failure.retry_unix())
             );
         }
         if !self.file_differs.is_empty() {

@@ -682,5 +682,68 @@ fn a_targetctl_that_never_returns_is_killed_with_its_children_and_rolled_back() 
     }
     // The locks are free again.
     sandbox.stub("hang-restore", "");
+    sandbox.run(&["--retry-now"]).expect(0);
+}
+
+#[test]
+fn a_plan_that_keeps_failing_is_not_tried_again_at_once() {
+    let (sandbox, previous) = applied_then_changed();
+    // Restore 1 applied the first plan; 2 and 4 apply the new one and fail, 3 and 5 roll back.
+    sandbox.stub("fail-restore", "2\n4\n");
+    let run = sandbox.run(&["--output", "json"]).expect(1);
+    assert_rolled_back(&sandbox, &previous, &run);
+    let record: Value =
+        serde_json::from_str(&sandbox.read("state/failures.json").unwrap()).unwrap();
+    assert_eq!(record["count"], json!(1));
+    assert_eq!(record["kind"], json!("rolled_back"));
+    // The next run of the same plan does not tear the target down again.
+    let calls = sandbox.calls().len();
+    let metrics = sandbox.path("metrics.prom");
+    let run = sandbox
+        .run_command(
+            sandbox
+                .command()
+                .args(["--output", "json", "--metrics-file"])
+                .arg(&metrics),
+        )
+        .expect(1);
+    let report = run.json();
+    assert_eq!(
+        report["error"]["kind"],
+        json!("backed_off"),
+        "{}",
+        run.describe()
+    );
+    assert!(report["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--retry-now"));
+    assert_eq!(
+        sandbox.calls().len(),
+        calls,
+        "no targetctl call while backing off"
+    );
+    let metrics = fs::read_to_string(&metrics).unwrap();
+    assert!(
+        metrics.contains("sbps_reconcile_consecutive_failures 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sbps_reconcile_failures_total{kind=\"backed_off\"} 1\n"));
+    let status = sandbox.run(&["status"]).expect(0).stdout;
+    assert!(
+        status.contains("Backing off: the same plan failed 1 time(s)"),
+        "{status}"
+    );
+    // An operator tries at once: it fails again, and counts.
+    sandbox.run(&["--retry-now"]).expect(1);
+    let record: Value =
+        serde_json::from_str(&sandbox.read("state/failures.json").unwrap()).unwrap();
+    assert_eq!(record["count"], json!(2));
+    // Another plan is not held back by this one's failures.
+    sandbox.add_image("img-d", "cos-d", "etag-d", b"rootfs d\n");
     sandbox.run(&[]).expect(0);
+    assert!(
+        sandbox.read("state/failures.json").is_none(),
+        "a success clears the record"
+    );
 }

@@ -140,7 +140,7 @@ impl Sandbox {
                  lio:\n  saveconfig: {root}/etc/target/saveconfig.json\n  targetctl: {root}/bin/targetctl\n\
                  \x20 backup_dir: {root}/etc/target/backup\n  lock_file: {root}/run/sbps-reconcile.lock\n\
                  \x20 targetcli_lock: {root}/run/targetcli.lock\n\
-                 \x20 apply: {apply}\n  configfs: {root}/configfs\n\
+                 \x20 apply: {apply}\n  configfs: {root}/configfs\n  state_dir: {root}/state\n\
                  {catalogue}\
                  safety:\n  max_removals: {max_removals}\n"
             ),
