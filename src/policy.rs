@@ -13,6 +13,66 @@ pub const DEFAULT_POLICY_PATH: &str = "/etc/sbps-reconcile/policy.yaml";
 /// A policy is a few kilobytes; anything past this is not one.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 
+/// A map whose keys may appear once: a second `authentication:` under `attributes` is a
+/// mistake to report, not a value to take silently.
+fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Visitor<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a mapping")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut found = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, V>()? {
+                if found.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+                }
+                found.insert(key, value);
+            }
+            Ok(found)
+        }
+    }
+    deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+}
+
+/// The line and column of a top-level key an error names: for the document's own keys the
+/// YAML parser gives none, or the document's start (errors inside a section carry their
+/// section's name and their own place).
+fn locate(message: String, text: &str) -> String {
+    let top_level = message.starts_with("unknown field") || message.starts_with("duplicate field");
+    if !top_level {
+        return message;
+    }
+    let message = match message.split_once(" at line ") {
+        Some((what, _)) => what.to_string(),
+        None => message,
+    };
+    let Some(key) = message.split('`').nth(1) else {
+        return message;
+    };
+    let mut hits = text.lines().enumerate().filter(|(_, line)| {
+        line.strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with(':'))
+    });
+    let hit = if message.starts_with("duplicate field") {
+        hits.nth(1)
+    } else {
+        hits.next()
+    };
+    match hit {
+        Some((number, _)) => format!("{message} at line {} column 1", number + 1),
+        None => message,
+    }
+}
+
 /// The policy file as written. Every section but `target`, `catalogue` has defaults.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +104,7 @@ pub struct TargetSection {
     pub enabled: bool,
     pub portals: Vec<String>,
     /// TPG attributes; merged over the CSM defaults.
+    #[serde(deserialize_with = "unique_keys")]
     pub attributes: BTreeMap<String, u32>,
     pub max_lun: u32,
 }
@@ -317,6 +378,7 @@ fn default_concurrency() -> usize {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SelectSection {
+    #[serde(deserialize_with = "unique_keys")]
     pub metadata: BTreeMap<String, String>,
     pub untagged: Untagged,
 }
@@ -636,7 +698,8 @@ impl Policy {
         host: &HostFacts,
         base: Option<&Path>,
     ) -> Result<(Policy, Vec<String>), String> {
-        let mut file: PolicyFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let mut file: PolicyFile =
+            serde_yaml::from_str(text).map_err(|e| locate(e.to_string(), text))?;
         if let Some(base) = base {
             file.resolve_paths(base);
         }
@@ -1090,6 +1153,36 @@ catalogue:
         assert!(err.contains("ipn"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("column 3"), "{err}");
+    }
+
+    #[test]
+    fn top_level_keys_and_duplicates_name_their_line() {
+        let text = format!("bogus: 1\n{MINIMAL}");
+        let err = Policy::from_yaml(&text, &host()).unwrap_err();
+        assert!(
+            err.contains("`bogus`") && err.ends_with("at line 1 column 1"),
+            "{err}"
+        );
+        let text = format!("{MINIMAL}target:\n  portals: []\n");
+        let err = Policy::from_yaml(&text, &host()).unwrap_err();
+        assert!(err.contains("duplicate field `target`"), "{err}");
+        assert!(err.ends_with("at line 7 column 1"), "{err}");
+        for (from, to) in [
+            (
+                "target:",
+                "target:\n  attributes: {authentication: 0, authentication: 1}",
+            ),
+            (
+                "    file:",
+                "    select: {metadata: {k: v, k: w}}\n    file:",
+            ),
+        ] {
+            let err = Policy::from_yaml(&MINIMAL.replace(from, to), &host()).unwrap_err();
+            assert!(
+                err.contains("duplicate key") && err.contains(" at line "),
+                "{err}"
+            );
+        }
     }
 
     #[test]

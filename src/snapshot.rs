@@ -27,6 +27,17 @@ pub struct Snapshot {
     /// What the s3fs mount holds for every key above that matters.
     #[serde(default)]
     pub mount: BTreeMap<String, MountEntry>,
+    /// Folders under the PE prefixes that could not be listed, with why.
+    #[serde(default)]
+    pub pe_unreadable: BTreeMap<String, String>,
+}
+
+/// What a listing of the PE prefixes found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeListing {
+    pub objects: Vec<PeObject>,
+    /// Folder key (ending in '/') to why it could not be listed.
+    pub unreadable: BTreeMap<String, String>,
 }
 
 /// A manifest, read and reduced to its rootfs artifact, or why that failed.

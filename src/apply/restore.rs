@@ -19,6 +19,7 @@ pub fn apply(policy: &Policy, change: &Change) -> Result<Applied, Error> {
         timeout: lio.command_timeout,
     };
     targetctl.preflight()?;
+    remove_stale_verify_files(&parent_dir(&lio.saveconfig));
     let backup = back_up(policy, change)?;
     let not_applied = |step| move |source| ApplyError::NotApplied { step, source };
     let live = &lio.saveconfig;
@@ -57,6 +58,27 @@ pub fn apply(policy: &Policy, change: &Change) -> Result<Applied, Error> {
                     error,
                     rollback: Box::new(rollback),
                 }),
+            }
+        }
+    }
+}
+
+/// Files of `targetctl save` that killed runs left (up to tens of MB each). The caller holds
+/// the lock, so no other run is verifying: every one is stale.
+fn remove_stale_verify_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".sbps-reconcile-verify-") && name.ends_with(".json") {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => log::info!(
+                    "removed {}, left by an interrupted run",
+                    entry.path().display()
+                ),
+                Err(e) => log::warn!("cannot remove {}: {e}", entry.path().display()),
             }
         }
     }

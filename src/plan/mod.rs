@@ -242,6 +242,15 @@ fn candidates(policy: &Policy, snapshot: &Snapshot) -> (Vec<Candidate>, Vec<Skip
             Err(skip) => skipped.push(*skip),
         }
     }
+    // A folder that could not be listed: whatever it holds is skipped, as one entry.
+    for (folder, why) in &snapshot.pe_unreadable {
+        skipped.push(Skipped {
+            kind: Kind::Pe,
+            image: ImageRef::pe(folder),
+            source: Some(catalogue.url_for_key(folder)),
+            reason: SkipReason::new(ReasonCode::NotInMount, why.clone()),
+        });
+    }
     (candidates.list, skipped)
 }
 

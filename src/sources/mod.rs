@@ -21,7 +21,7 @@ use crate::error::SourceError;
 use crate::image::{parse_record, ImageEntry};
 use crate::policy::{ImsSource, Policy};
 use crate::s3path;
-use crate::snapshot::{ManifestRead, ObjectInfo, PeObject, Snapshot};
+use crate::snapshot::{ManifestRead, ObjectInfo, PeListing, Snapshot};
 use mount::Mount;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,7 +44,7 @@ pub trait ObjectStore {
         keys: &BTreeSet<String>,
     ) -> Result<Option<BTreeMap<String, ObjectInfo>>, SourceError>;
     /// Objects under a PE prefix.
-    fn list(&self, prefix: &str) -> Result<Vec<PeObject>, SourceError>;
+    fn list(&self, prefix: &str) -> Result<PeListing, SourceError>;
 }
 
 /// The sources a policy names.
@@ -129,8 +129,11 @@ pub fn collect(policy: &Policy, sources: &Sources) -> Result<Snapshot, SourceErr
         .manifests(&manifest_keys, catalogue.manifest_max_bytes);
 
     let mut pe_objects = Vec::new();
+    let mut pe_unreadable = BTreeMap::new();
     for prefix in &catalogue.pe_prefixes {
-        pe_objects.extend(sources.store.list(prefix)?);
+        let listing = sources.store.list(prefix)?;
+        pe_objects.extend(listing.objects);
+        pe_unreadable.extend(listing.unreadable);
     }
     pe_objects.sort_by(|a, b| a.key.cmp(&b.key));
     pe_objects.dedup_by(|a, b| a.key == b.key);
@@ -156,5 +159,6 @@ pub fn collect(policy: &Policy, sources: &Sources) -> Result<Snapshot, SourceErr
         objects,
         pe_objects,
         mount,
+        pe_unreadable,
     })
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{FileError, SourceError};
 use crate::fsio::{read_regular, ReadError};
-use crate::snapshot::{MountEntry, PeObject};
+use crate::snapshot::{MountEntry, PeListing, PeObject};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -140,25 +140,31 @@ impl Mount {
 
     /// Every regular file under `prefix` (a key prefix ending in '/'), as keys with sizes.
     /// A missing prefix directory is an empty listing. Symbolic links are not followed
-    /// (no loops); names that are not UTF-8 cannot be keys and are logged and left out.
-    pub fn walk(&self, prefix: &str) -> Result<Vec<PeObject>, SourceError> {
-        let mut found = Vec::new();
-        let mut pending = vec![prefix.trim_end_matches('/').to_string()];
+    /// (no loops); names that are not UTF-8 cannot be keys and are logged and left out. A
+    /// folder below the prefix that cannot be listed is one unreadable entry (its images are
+    /// skipped), not a failed run; the prefix itself unreadable is a source failure.
+    pub fn walk(&self, prefix: &str) -> Result<PeListing, SourceError> {
+        let mut listing = PeListing::default();
+        let root = prefix.trim_end_matches('/').to_string();
+        let mut pending = vec![root.clone()];
         let mut seen = 0usize;
         while let Some(dir_key) = pending.pop() {
             let dir = self.path(&dir_key);
-            let entries = match fs::read_dir(&dir) {
+            let entries = match fs::read_dir(&dir)
+                .and_then(|entries| entries.collect::<Result<Vec<_>, io::Error>>())
+            {
                 Ok(entries) => entries,
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        && dir_key == prefix.trim_end_matches('/') =>
-                {
-                    continue
+                Err(e) if e.kind() == io::ErrorKind::NotFound && dir_key == root => continue,
+                Err(e) if dir_key == root => return Err(FileError::new("list", dir, e).into()),
+                Err(e) => {
+                    listing.unreadable.insert(
+                        format!("{dir_key}/"),
+                        format!("cannot list {}: {e}", dir.display()),
+                    );
+                    continue;
                 }
-                Err(e) => return Err(FileError::new("list", dir, e).into()),
             };
             for entry in entries {
-                let entry = entry.map_err(|e| FileError::new("list", &dir, e))?;
                 seen += 1;
                 if seen > MAX_WALK_ENTRIES {
                     return Err(SourceError::TooManyEntries {
@@ -184,7 +190,7 @@ impl Mount {
                         .metadata()
                         .map_err(|e| FileError::new("stat", entry.path(), e))?
                         .len();
-                    found.push(PeObject {
+                    listing.objects.push(PeObject {
                         key,
                         size,
                         etag: None,
@@ -192,7 +198,7 @@ impl Mount {
                 }
             }
         }
-        found.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(found)
+        listing.objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listing)
     }
 }

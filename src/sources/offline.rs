@@ -7,7 +7,7 @@ use super::{ImageList, ObjectStore};
 use crate::error::{ReadError, SourceError};
 use crate::image::parse_answer;
 use crate::skip::{ReasonCode, SkipReason};
-use crate::snapshot::{ManifestRead, ObjectInfo, PeObject};
+use crate::snapshot::{ManifestRead, ObjectInfo, PeListing};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -66,7 +66,7 @@ impl ObjectStore for MountStore {
         Ok(None)
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<PeObject>, SourceError> {
+    fn list(&self, prefix: &str) -> Result<PeListing, SourceError> {
         self.mount.walk(prefix)
     }
 }

@@ -12,7 +12,7 @@ use crate::deadline::Deadline;
 use crate::error::SourceError;
 use crate::policy::{S3Settings, DELETED_PREFIX};
 use crate::skip::{ReasonCode, SkipReason};
-use crate::snapshot::{ManifestRead, ObjectInfo, PeObject};
+use crate::snapshot::{ManifestRead, ObjectInfo, PeListing, PeObject};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
@@ -346,8 +346,8 @@ impl ObjectStore for S3Store {
         ))
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<PeObject>, SourceError> {
-        Ok(self
+    fn list(&self, prefix: &str) -> Result<PeListing, SourceError> {
+        let objects = self
             .listing()?
             .range(prefix.to_string()..)
             .take_while(|(key, _)| key.starts_with(prefix))
@@ -356,7 +356,11 @@ impl ObjectStore for S3Store {
                 size: object.size,
                 etag: Some(object.etag.clone()),
             })
-            .collect())
+            .collect();
+        Ok(PeListing {
+            objects,
+            unreadable: BTreeMap::new(),
+        })
     }
 }
 

@@ -287,6 +287,24 @@ fn assert_rolled_back(sandbox: &Sandbox, previous: &[u8], run: &crate::util::san
 }
 
 #[test]
+fn verify_files_left_by_killed_runs_are_removed() {
+    let (sandbox, _) = applied_then_changed();
+    for pid in [4_000_001, 4_000_002] {
+        sandbox.write(
+            &format!("etc/target/.sbps-reconcile-verify-{pid}.json"),
+            "{\"left\": \"by a killed run\"}",
+        );
+    }
+    sandbox.run(&[]).expect(0);
+    let mut left: Vec<String> = fs::read_dir(sandbox.path("etc/target"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["backup", "saveconfig.json"]);
+}
+
+#[test]
 fn a_failing_restore_is_rolled_back() {
     let (sandbox, previous) = applied_then_changed();
     sandbox.stub("fail-restore", "2\n");
