@@ -148,8 +148,8 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
         return Ok(changed_exit(cli));
     }
 
-    let _lock = Lock::acquire(&policy.lio.lock_file, "sbps-reconcile")?;
-    let _targetcli_lock = match &policy.lio.targetcli_lock {
+    let lock = Lock::acquire(&policy.lio.lock_file, "sbps-reconcile")?;
+    let targetcli_lock = match &policy.lio.targetcli_lock {
         Some(path) => Some(Lock::acquire(path, "targetcli")?),
         None => None,
     };
@@ -213,7 +213,17 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
         expected: &expected,
         stamp: &stamp,
     };
-    let applied = match apply::apply(&policy, &change) {
+    // targetctl holds the locks with us, and after us if this run is killed.
+    let share = |yes| {
+        lock.share_with_children(yes);
+        if let Some(lock) = &targetcli_lock {
+            lock.share_with_children(yes);
+        }
+    };
+    share(true);
+    let result = apply::apply(&policy, &change);
+    share(false);
+    let applied = match result {
         Ok(applied) => {
             failures.clear();
             record.last_failure = None;

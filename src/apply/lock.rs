@@ -16,6 +16,20 @@ pub struct Lock {
 }
 
 impl Lock {
+    /// Lets the children started from now on (targetctl) hold the lock too: a run killed
+    /// with `kill -9` would otherwise leave a restore going on that the next run does not
+    /// wait for. The lock is then released when the last of them ends. `false` stops it.
+    pub fn share_with_children(&self, share: bool) {
+        let flags = if share {
+            rustix::io::FdFlags::empty()
+        } else {
+            rustix::io::FdFlags::CLOEXEC
+        };
+        if let Err(e) = rustix::io::fcntl_setfd(&self._file, flags) {
+            log::debug!("cannot share lock {}: {e}", self.path.display());
+        }
+    }
+
     /// Takes an exclusive, non-blocking lock on `path` (created if missing, mode 0600) and
     /// records our pid in it. A lock held elsewhere is [`Error::LockBusy`].
     pub fn acquire(path: &Path, holder_hint: &str) -> Result<Lock, Error> {
@@ -84,6 +98,27 @@ mod tests {
         }
         drop(held);
         assert!(Lock::acquire(&path, "sbps-reconcile").is_ok());
+    }
+
+    #[test]
+    fn a_child_started_under_the_lock_holds_it_after_the_run_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let held = Lock::acquire(&path, "sbps-reconcile").unwrap();
+        held.share_with_children(true);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        held.share_with_children(false);
+        drop(held);
+        let busy = Lock::acquire(&path, "sbps-reconcile");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            matches!(busy, Err(Error::LockBusy { .. })),
+            "the child still held the lock"
+        );
     }
 
     #[test]

@@ -79,13 +79,24 @@ impl Configfs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.fail("list", rel, None)(e)),
         };
+        // Another tool (targetcli, a targetctl a killed run left going) may be changing the
+        // tree while it is read: an entry gone by the time it is looked at is left out. An
+        // apply reads again under the locks.
         let mut found = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(self.fail("list", rel, None))?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.fail("list", rel, None)(e)),
+            };
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            let file_type = entry.file_type().map_err(self.fail("list", rel, None))?;
+            let file_type = match entry.file_type() {
+                Ok(file_type) => file_type,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.fail("list", rel, None)(e)),
+            };
             let kind = if file_type.is_symlink() {
                 EntryKind::Link
             } else if file_type.is_dir() {
@@ -100,7 +111,28 @@ impl Configfs {
     }
 
     /// What the kernel runs: the managed storage objects, and TPG 1 of the policy's target.
+    /// A read that fails is tried again twice, 100 ms apart: another tool changing the tree
+    /// at the same moment (an object half-removed) is not a failed run.
     pub fn read(
+        &self,
+        catalogue: &Catalogue,
+        target: &TargetPolicy,
+    ) -> Result<RunningState, KernelError> {
+        let mut attempt = 0;
+        loop {
+            match self.read_once(catalogue, target) {
+                Ok(state) => return Ok(state),
+                Err(e) if attempt < 2 => {
+                    log::debug!("reading configfs again: {e}");
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn read_once(
         &self,
         catalogue: &Catalogue,
         target: &TargetPolicy,
@@ -268,8 +300,11 @@ impl Configfs {
                 continue;
             }
             let rel = format!("{dir}/{name}");
-            let link =
-                fs::read_link(self.path(&rel)).map_err(self.fail("read link", &rel, None))?;
+            let link = match fs::read_link(self.path(&rel)) {
+                Ok(link) => link,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.fail("read link", &rel, None)(e)),
+            };
             // `../../../../../../target/core/fileio_0/<name>`: the last two components.
             let parts: Vec<String> = link
                 .components()

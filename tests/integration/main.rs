@@ -4,6 +4,7 @@ mod cli;
 mod examples;
 mod golden;
 mod inplace;
+mod kill;
 #[cfg(feature = "live")]
 mod live;
 mod operator;

@@ -14,7 +14,7 @@ pub struct Sandbox {
     dir: tempfile::TempDir,
     /// `lio.apply` of the policy: `restore` (the stand-in targetctl) or `configfs` (the
     /// stand-in configfs).
-    apply: &'static str,
+    apply: std::cell::Cell<&'static str>,
 }
 
 /// What one run of the binary did.
@@ -54,7 +54,7 @@ impl Sandbox {
         let sandbox = Sandbox {
             configfs: None,
             dir,
-            apply: "restore",
+            apply: std::cell::Cell::new("restore"),
         };
         for sub in ["mount", "etc/target", "bin", "run"] {
             fs::create_dir_all(sandbox.path(sub)).unwrap();
@@ -79,7 +79,7 @@ impl Sandbox {
             &sandbox.path("configfs"),
             &sandbox.path("configfs-state"),
         )?);
-        sandbox.apply = "configfs";
+        sandbox.apply.set("configfs");
         sandbox.write_policy("", 10);
         Some(sandbox)
     }
@@ -113,6 +113,12 @@ impl Sandbox {
         fs::read_to_string(self.path(rel)).ok()
     }
 
+    /// Writes the policy with `lio.apply: <apply>` from now on.
+    pub fn write_policy_as(&self, apply: &'static str, target_extra: &str, max_removals: usize) {
+        self.apply.set(apply);
+        self.write_policy(target_extra, max_removals);
+    }
+
     /// Writes the policy; `target_extra` lines go under `target:` (with `portals:`, they
     /// replace the one portal).
     pub fn write_policy(&self, target_extra: &str, max_removals: usize) {
@@ -127,7 +133,7 @@ impl Sandbox {
     /// `target_extra` may name `portals:` itself; else the target has one portal.
     pub fn write_policy_with(&self, target_extra: &str, max_removals: usize, catalogue: &str) {
         let root = self.root().display();
-        let apply = self.apply;
+        let apply = self.apply.get();
         let portals = if target_extra.contains("portals:") {
             ""
         } else {
