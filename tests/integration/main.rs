@@ -3,6 +3,7 @@
 mod cli;
 mod examples;
 mod golden;
+mod hostile;
 mod inplace;
 mod kill;
 #[cfg(feature = "live")]
