@@ -11,4 +11,5 @@ mod live;
 mod operator;
 mod outage;
 mod plan;
+mod properties;
 mod util;
