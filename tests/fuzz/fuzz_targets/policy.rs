@@ -9,8 +9,13 @@ fuzz_target!(|bytes: &[u8]| {
         return;
     };
     let host = HostFacts::from_hostname("ncn-w001");
-    if let Ok((policy, _)) = Policy::from_yaml_in(text, &host, Some(std::path::Path::new("/etc/x"))) {
+    if let Ok((policy, _)) = Policy::from_yaml_in(text, &host, Some(std::path::Path::new("/etc/x")))
+    {
         assert!(policy.target.max_lun <= 65535);
-        assert!(policy.target.portals.iter().all(|p| !p.ip.is_unspecified() && p.port != 0));
+        assert!(policy
+            .target
+            .portals
+            .iter()
+            .all(|p| !p.ip.is_unspecified() && p.port != 0));
     }
 });

@@ -13,7 +13,9 @@ use sbps_reconcile::snapshot::{ManifestRead, MountEntry, PeObject, Snapshot};
 
 fn policy() -> Policy {
     let text = "target:\n  iqn: \"iqn.2023-06.csm.iscsi:ncn-w001\"\n  portals: [\"10.0.0.1:3260\"]\n  max_lun: 8\ncatalogue:\n  mount: /mnt/bi\n  ims:\n    file: /x\n";
-    Policy::from_yaml(text, &HostFacts::from_hostname("ncn-w001")).expect("fuzz policy").0
+    Policy::from_yaml(text, &HostFacts::from_hostname("ncn-w001"))
+        .expect("fuzz policy")
+        .0
 }
 
 fn snapshot() -> Snapshot {
@@ -31,13 +33,17 @@ fn snapshot() -> Snapshot {
             etag: "e".into(),
         }),
     );
-    snapshot.mount.insert("a/rootfs".into(), MountEntry::File { size: 100 });
+    snapshot
+        .mount
+        .insert("a/rootfs".into(), MountEntry::File { size: 100 });
     snapshot.pe_objects.push(PeObject {
         key: "PE/x".into(),
         size: 10,
         etag: None,
     });
-    snapshot.mount.insert("PE/x".into(), MountEntry::File { size: 10 });
+    snapshot
+        .mount
+        .insert("PE/x".into(), MountEntry::File { size: 10 });
     snapshot
 }
 
