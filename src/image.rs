@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// The largest IMS answer read (from a file or over HTTP): about 64,000 records. A larger
-/// one is a source failure rather than a run that takes gigabytes of memory.
-pub const MAX_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest IMS answer read (from a file or over HTTP): 32 MiB, about 30,000 records (a
+/// CSM system's thousands are a few MiB). A larger one is a source failure rather than a
+/// run that takes gigabytes of memory.
+pub const MAX_ANSWER_BYTES: u64 = 32 * 1024 * 1024;
 
 /// The IMS answer (`GET /v3/images`, or a saved copy of it) must be a JSON array; its
 /// elements are parsed one by one by [`parse_record`].

@@ -78,8 +78,15 @@ fn ims_over_http_sends_the_bearer_token_and_reads_records_leniently() {
     ];
     let server = ims_server(Arc::new(Mutex::new(records)));
     sandbox.write_policy_with("", 10, &ims_catalogue(&sandbox, &server.url(IMS_PATH), ""));
+    // Written with the default mode: readable by others, which the run warns about.
+    fs::set_permissions(sandbox.path("ims.token"), fs::Permissions::from_mode(0o644)).unwrap();
     let run = sandbox.run(&["--dry-run", "--output", "json"]).expect(0);
     assert_no_token(&run);
+    assert!(
+        run.stderr.contains("IMS token file") && run.stderr.contains("(mode 0644); make it 0600"),
+        "{}",
+        run.stderr
+    );
     let requests = server.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0].method, "GET");
@@ -230,6 +237,11 @@ fn the_spire_agent_provides_the_token() {
     sandbox.write_policy_with("", 10, &catalogue);
     let run = sandbox.run(&["--dry-run"]).expect(0);
     assert!(!run.stdout.contains("jwt-from-spire") && !run.stderr.contains("jwt-from-spire"));
+    assert!(
+        !run.stderr.contains("can be read by group or others"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         server.requests()[0].header("authorization"),
         Some("Bearer jwt-from-spire")
