@@ -81,11 +81,12 @@ fn main() {
         let mut half = full.clone();
         half.images.truncate(n / 2);
         let current =
-            sbps_reconcile::plan::plan(&policy, &half, &SaveConfig::empty(), None).desired;
+            sbps_reconcile::plan::plan(&policy, &half, &SaveConfig::empty(), &Default::default())
+                .desired;
         let plan_time = time(5, || {
-            sbps_reconcile::plan::plan(&policy, &full, &current, None)
+            sbps_reconcile::plan::plan(&policy, &full, &current, &Default::default())
         });
-        let plan = sbps_reconcile::plan::plan(&policy, &full, &current, None);
+        let plan = sbps_reconcile::plan::plan(&policy, &full, &current, &Default::default());
         let current_text = current.to_canonical();
         let canonical_time = time(5, || plan.desired.to_canonical());
         let desired_text = plan.desired.to_canonical();
@@ -93,9 +94,11 @@ fn main() {
             sbps_reconcile::diff::unified(&current_text, &desired_text)
         });
         let noop_time = time(5, || {
-            sbps_reconcile::plan::plan(&policy, &full, &plan.desired, None)
+            sbps_reconcile::plan::plan(&policy, &full, &plan.desired, &Default::default())
         });
-        assert!(!sbps_reconcile::plan::plan(&policy, &full, &plan.desired, None).changed);
+        assert!(
+            !sbps_reconcile::plan::plan(&policy, &full, &plan.desired, &Default::default()).changed
+        );
         println!(
             "{:>7} {:>10.1}ms {:>12.1}ms {:>10.1}ms {:>10.1}ms",
             n + n / 10,

@@ -376,6 +376,30 @@ pub enum SourceError {
     Deadline { what: String, deadline: Duration },
     #[error("this build has no live sources (IMS url, S3); rebuild with the `live` feature")]
     NoLiveSources,
+    #[error(
+        "cannot read the LUN ledger {place}; nothing touched (numbering without it could \
+         give an initiator's LUN to another image)"
+    )]
+    LedgerRead {
+        place: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error(
+        "the LUN ledger {place} cannot be used; nothing touched (repair it, or restore an \
+         earlier version: see LUN LEDGER in sbps-reconcile.policy(5))"
+    )]
+    LedgerInvalid {
+        place: String,
+        #[source]
+        problem: crate::ledger::LedgerProblem,
+    },
+    #[error("cannot write the LUN ledger {place}")]
+    LedgerWrite {
+        place: String,
+        #[source]
+        source: BoxError,
+    },
 }
 
 /// Why the SPIRE agent's output holds no usable SVID.

@@ -18,6 +18,7 @@ pub mod fsio;
 pub mod identity;
 pub mod image;
 pub mod kernel;
+pub mod ledger;
 pub mod lio;
 pub mod logger;
 pub mod man;

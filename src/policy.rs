@@ -153,6 +153,9 @@ pub struct LioSection {
     pub command_timeout: f64,
     /// Where the record of a failing plan is kept (soft state, safe to delete).
     pub state_dir: PathBuf,
+    /// Keep the LUN ledger in this local file instead of the bucket (offline catalogues,
+    /// workers without S3 write access). Empty: in the bucket, when there is one.
+    pub ledger_file: PathBuf,
 }
 
 /// How the running target is changed.
@@ -178,6 +181,7 @@ impl Default for LioSection {
             configfs: "/sys/kernel/config/target".into(),
             command_timeout: 600.0,
             state_dir: "/var/lib/sbps-reconcile".into(),
+            ledger_file: PathBuf::new(),
         }
     }
 }
@@ -353,6 +357,17 @@ pub struct S3Section {
     /// makes no manifest GET. Safe to delete; "" for no cache.
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
+    /// Where the targets' LUN ledgers are kept in the bucket, one object per target IQN.
+    /// "" keeps none.
+    #[serde(default = "default_ledger_prefix")]
+    pub ledger_prefix: String,
+}
+
+/// The default home of the LUN ledgers in the bucket.
+pub const DEFAULT_LEDGER_PREFIX: &str = "sbps-reconcile/luns/";
+
+fn default_ledger_prefix() -> String {
+    DEFAULT_LEDGER_PREFIX.to_string()
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -414,6 +429,55 @@ pub struct SafetySection {
     pub min_kept_fraction: f64,
     /// Seconds the whole run may take; no request or retry outlives it.
     pub run_deadline: f64,
+    /// How long a LUN the catalogue no longer wants stays while its file is still in the
+    /// mount: seconds, or a number with a unit (`90s`, `30m`, `12h`, `7d`). 0 is off.
+    pub removal_grace: DurationText,
+}
+
+/// A duration as a policy writes it: a number of seconds, or a number and a unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationText {
+    Seconds(u64),
+    Text(String),
+}
+
+impl Default for DurationText {
+    fn default() -> Self {
+        DurationText::Seconds(0)
+    }
+}
+
+impl DurationText {
+    /// Whole seconds; up to a year.
+    fn seconds(&self, name: &str) -> Result<Duration, String> {
+        const YEAR: u64 = 366 * 24 * 3600;
+        let invalid =
+            || format!("{name} must be seconds or a number with a unit (s, m, h, d), like \"12h\"");
+        let seconds = match self {
+            DurationText::Seconds(seconds) => *seconds,
+            DurationText::Text(text) => {
+                let text = text.trim();
+                let split = text
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(text.len());
+                let (number, unit) = text.split_at(split);
+                let number: u64 = number.parse().map_err(|_| invalid())?;
+                let unit = match unit.trim() {
+                    "" | "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
+                    "d" => 24 * 3600,
+                    _ => return Err(invalid()),
+                };
+                number.checked_mul(unit).ok_or_else(invalid)?
+            }
+        };
+        if seconds > YEAR {
+            return Err(format!("{name} is above a year"));
+        }
+        Ok(Duration::from_secs(seconds))
+    }
 }
 
 impl Default for SafetySection {
@@ -422,6 +486,7 @@ impl Default for SafetySection {
             max_removals: 10,
             min_kept_fraction: 0.5,
             run_deadline: 600.0,
+            removal_grace: DurationText::default(),
         }
     }
 }
@@ -440,6 +505,7 @@ impl PolicyFile {
         resolve(&mut self.lio.targetcli_lock);
         resolve(&mut self.lio.configfs);
         resolve(&mut self.lio.state_dir);
+        resolve(&mut self.lio.ledger_file);
         resolve(&mut self.catalogue.mount);
         let ims = &mut self.catalogue.ims;
         for path in [&mut ims.file, &mut ims.ca_bundle].into_iter().flatten() {
@@ -497,6 +563,27 @@ pub struct Policy {
     pub catalogue: Catalogue,
     pub safety: Safety,
     pub metrics_file: Option<PathBuf>,
+    /// Where the target's LUN ledger is kept; `None` for no ledger.
+    pub ledger: Option<LedgerPlace>,
+}
+
+/// Where a target's LUN ledger is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerPlace {
+    /// A local file (`lio.ledger_file`).
+    File(PathBuf),
+    /// An object in the catalogue bucket; the fleet's ledgers share its prefix.
+    Bucket { prefix: String, key: String },
+}
+
+impl LedgerPlace {
+    /// Where it is, for messages: a path or an `s3://` URL.
+    pub fn describe(&self, bucket: &str) -> String {
+        match self {
+            LedgerPlace::File(path) => path.display().to_string(),
+            LedgerPlace::Bucket { key, .. } => format!("s3://{bucket}/{key}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -552,6 +639,7 @@ pub struct LioSettings {
     pub configfs: PathBuf,
     pub command_timeout: Duration,
     pub state_dir: PathBuf,
+    pub ledger_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -657,6 +745,8 @@ pub struct Safety {
     pub max_removals: usize,
     pub min_kept_fraction: f64,
     pub run_deadline: Duration,
+    /// Zero when off.
+    pub removal_grace: Duration,
 }
 
 /// Linux initiators ignore LUN numbers from 512 on by default (`scsi_mod.max_luns`).
@@ -711,14 +801,29 @@ impl Policy {
         let target =
             check_target(file.target, host, &mut warnings).map_err(|e| format!("target: {e}"))?;
         let lio = check_lio(file.lio).map_err(|e| format!("lio: {e}"))?;
+        let ledger_prefix = file
+            .catalogue
+            .s3
+            .as_ref()
+            .map(|s3| s3.ledger_prefix.clone());
         let catalogue = check_catalogue(file.catalogue).map_err(|e| format!("catalogue: {e}"))?;
+        let ledger = check_ledger(&lio, &catalogue, &target.iqn, ledger_prefix)?;
+        let safety = check_safety(file.safety).map_err(|e| format!("safety: {e}"))?;
+        if !safety.removal_grace.is_zero() && ledger.is_none() {
+            return Err(
+                "safety.removal_grace needs a LUN ledger, to know since when an image \
+                 is unwanted: set lio.ledger_file, or keep catalogue.s3.ledger_prefix"
+                    .to_string(),
+            );
+        }
         Ok((
             Policy {
                 target,
                 lio,
                 catalogue,
-                safety: check_safety(file.safety).map_err(|e| format!("safety: {e}"))?,
+                safety,
                 metrics_file: check_metrics(file.metrics).map_err(|e| format!("metrics: {e}"))?,
+                ledger,
             },
             warnings,
         ))
@@ -736,7 +841,44 @@ fn check_safety(section: SafetySection) -> Result<Safety, String> {
         max_removals: section.max_removals,
         min_kept_fraction: section.min_kept_fraction,
         run_deadline: seconds(section.run_deadline, "run_deadline")?,
+        removal_grace: section.removal_grace.seconds("removal_grace")?,
     })
+}
+
+/// The ledger's place: `lio.ledger_file` when set, else an object under
+/// `catalogue.s3.ledger_prefix` named after the target, else none.
+fn check_ledger(
+    lio: &LioSettings,
+    catalogue: &Catalogue,
+    iqn: &str,
+    prefix: Option<String>,
+) -> Result<Option<LedgerPlace>, String> {
+    if let Some(path) = &lio.ledger_file {
+        return Ok(Some(LedgerPlace::File(path.clone())));
+    }
+    let Some(prefix) = prefix.filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let problem = |text: String| Err(format!("catalogue: s3: ledger_prefix: {text}"));
+    if prefix.starts_with('/') || !prefix.ends_with('/') {
+        return problem(format!(
+            "{prefix:?} must be a relative key prefix ending in '/', like {DEFAULT_LEDGER_PREFIX:?}"
+        ));
+    }
+    if prefix.starts_with(DELETED_PREFIX) {
+        return problem(format!("{prefix:?} lies under {DELETED_PREFIX:?}"));
+    }
+    // A ledger listed as a PE image would be projected.
+    if let Some(pe) = catalogue
+        .pe_prefixes
+        .iter()
+        .find(|pe| prefix.starts_with(pe.as_str()) || pe.starts_with(prefix.as_str()))
+    {
+        return problem(format!("{prefix:?} overlaps the PE prefix {pe:?}"));
+    }
+    let key = format!("{prefix}{iqn}.json");
+    crate::s3path::check_key(&key).map_err(|e| format!("catalogue: s3: ledger_prefix: {e}"))?;
+    Ok(Some(LedgerPlace::Bucket { prefix, key }))
 }
 
 fn check_metrics(section: MetricsSection) -> Result<Option<PathBuf>, String> {
@@ -874,6 +1016,21 @@ fn check_lio(section: LioSection) -> Result<LioSettings, String> {
             return Err(format!("{name} {path:?} is not an absolute path"));
         }
     }
+    let ledger_file = match section.ledger_file {
+        path if path.as_os_str().is_empty() => None,
+        path if !path.is_absolute() || path.file_name().is_none() => {
+            return Err(format!(
+                "ledger_file {path:?} is not an absolute path to a file"
+            ))
+        }
+        path if path == section.saveconfig => {
+            return Err(format!(
+                "ledger_file is {path:?}, the saveconfig file: keep it apart, where a rebuild \
+                 does not lose it"
+            ))
+        }
+        path => Some(path),
+    };
     if section.saveconfig.file_name().is_none() {
         return Err(format!("saveconfig {:?} names no file", section.saveconfig));
     }
@@ -906,6 +1063,7 @@ fn check_lio(section: LioSection) -> Result<LioSettings, String> {
         configfs: section.configfs,
         command_timeout: seconds(section.command_timeout, "command_timeout")?,
         state_dir: section.state_dir,
+        ledger_file,
     })
 }
 
@@ -1306,6 +1464,76 @@ catalogue:
         );
         let err = Policy::from_yaml(&text, &host()).unwrap_err();
         assert!(err.contains("wait for itself"), "{err}");
+    }
+
+    #[test]
+    fn the_ledger_lives_in_the_bucket_or_a_file_and_the_grace_needs_one() {
+        let live = MINIMAL.replace(
+            "    file: /tmp/images.json\n",
+            "    file: /tmp/images.json\n  s3:\n    endpoint: https://rgw-vip.nmn\n",
+        );
+        let (policy, _) = Policy::from_yaml(&live, &host()).unwrap();
+        assert_eq!(
+            policy.ledger,
+            Some(LedgerPlace::Bucket {
+                prefix: "sbps-reconcile/luns/".into(),
+                key: "sbps-reconcile/luns/iqn.2023-06.csm.iscsi:ncn-w001.json".into(),
+            })
+        );
+        assert_eq!(policy.safety.removal_grace, Duration::ZERO);
+        let in_file = live.replace(
+            "catalogue:",
+            "lio:\n  ledger_file: /var/lib/sbps-reconcile/luns.json\ncatalogue:",
+        );
+        let (policy, _) = Policy::from_yaml(&in_file, &host()).unwrap();
+        assert_eq!(
+            policy.ledger,
+            Some(LedgerPlace::File(
+                "/var/lib/sbps-reconcile/luns.json".into()
+            ))
+        );
+        // Offline, without a file: no ledger, and so no grace.
+        assert_eq!(Policy::from_yaml(MINIMAL, &host()).unwrap().0.ledger, None);
+        let grace = |text: &str, value: &str| {
+            Policy::from_yaml(
+                &format!("{text}safety:\n  removal_grace: {value}\n"),
+                &host(),
+            )
+            .map(|(p, _)| p.safety.removal_grace.as_secs())
+        };
+        let err = grace(MINIMAL, "1h").unwrap_err();
+        assert!(err.contains("needs a LUN ledger"), "{err}");
+        assert_eq!(grace(&live, "90"), Ok(90));
+        assert_eq!(grace(&live, "\"90s\""), Ok(90));
+        assert_eq!(grace(&live, "30m"), Ok(1800));
+        assert_eq!(grace(&live, "12h"), Ok(43200));
+        assert_eq!(grace(&live, "7d"), Ok(604800));
+        for bad in ["1y", "-1", "h", "1.5h", "400d"] {
+            assert!(grace(&live, bad).is_err(), "{bad}");
+        }
+        for (prefix, says) in [
+            ("PE/luns/", "overlaps the PE prefix"),
+            ("luns", "ending in '/'"),
+            ("deleted/luns/", "deleted/"),
+        ] {
+            let text = live.replace(
+                "    endpoint: https://rgw-vip.nmn\n",
+                &format!("    endpoint: https://rgw-vip.nmn\n    ledger_prefix: {prefix}\n"),
+            );
+            let err = Policy::from_yaml(&text, &host()).unwrap_err();
+            assert!(err.contains(says), "{prefix}: {err}");
+        }
+        let off = live.replace(
+            "    endpoint: https://rgw-vip.nmn\n",
+            "    endpoint: https://rgw-vip.nmn\n    ledger_prefix: \"\"\n",
+        );
+        assert_eq!(Policy::from_yaml(&off, &host()).unwrap().0.ledger, None);
+        let same = in_file.replace(
+            "/var/lib/sbps-reconcile/luns.json",
+            "/etc/target/saveconfig.json",
+        );
+        let err = Policy::from_yaml(&same, &host()).unwrap_err();
+        assert!(err.contains("keep it apart"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! (`Projection`, `Skipped`) serialize to the contract's shape, so the report holds them as
 //! they are.
 
+use crate::codes::named_enum;
 use crate::describe::printable;
 use crate::diff;
 use crate::error::{self, Error, ErrorKind};
@@ -43,6 +44,36 @@ pub struct Report {
     pub notes: Vec<String>,
     pub diff: String,
     pub error: Option<ErrorReport>,
+    /// The target's LUN ledger, when the policy keeps one.
+    pub ledger: Option<LedgerReport>,
+}
+
+/// What a run did with the LUN ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerReport {
+    /// A path or an `s3://` URL.
+    pub place: String,
+    /// Whether there was a ledger when the run read it.
+    pub found: bool,
+    /// How many other targets' ledgers were read under the prefix.
+    pub fleet_targets: usize,
+    pub outcome: LedgerOutcome,
+}
+
+named_enum! {
+    /// What became of the ledger in a run.
+    pub enum LedgerOutcome {
+        /// Not written: a dry run, or the run stopped before the target was as planned.
+        NotWritten = "not_written",
+        /// The ledger already said what the plan leaves.
+        Unchanged = "unchanged",
+        /// Written (conditionally on the version read).
+        Written = "written",
+        /// Another run wrote it first: nothing written, the next run plans again.
+        Conflict = "conflict",
+        /// The write failed (logged); the next run plans again.
+        Failed = "failed",
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -84,6 +115,7 @@ impl Report {
             notes: Vec::new(),
             diff: String::new(),
             error: None,
+            ledger: None,
         }
     }
 
@@ -222,6 +254,35 @@ impl Report {
             if !self.changed {
                 let _ = writeln!(out, "No changes.");
             }
+        }
+        let pending: Vec<&Projection> = self
+            .projections
+            .iter()
+            .filter(|p| p.removal_pending_until.is_some())
+            .collect();
+        if !pending.is_empty() {
+            let _ = writeln!(
+                out,
+                "No longer wanted, kept while initiators may still read them (safety.removal_grace):"
+            );
+            for p in pending {
+                let until = p.removal_pending_until.unwrap_or_default();
+                let lun = p.lun.map_or_else(|| "-".to_string(), |l| l.to_string());
+                let _ = writeln!(
+                    out,
+                    "  LUN {lun:<5} {}: removal pending until {}",
+                    diff::describe_images(p),
+                    crate::describe::local_time(until)
+                );
+            }
+        }
+        if let Some(ledger) = &self.ledger {
+            let _ = writeln!(
+                out,
+                "LUN ledger {}: {}",
+                printable(&ledger.place),
+                ledger.outcome.as_str().replace('_', " ")
+            );
         }
         if let Some(backup) = &self.backup {
             let _ = writeln!(out, "Backup of the previous configuration: {backup}");

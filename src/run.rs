@@ -16,9 +16,10 @@ use crate::logger;
 use crate::metrics::{PlanFigures, RunMetrics};
 use crate::plan::{self, Action, Plan};
 use crate::policy::{HostFacts, Policy};
-use crate::report::Report;
+use crate::report::{LedgerOutcome, LedgerReport, Report};
 use crate::skip::ReasonCode;
 use crate::snapshot::Snapshot;
+use crate::sources::ledger_store::{self, LedgerRead, Written};
 use crate::{explain, man, safety, sources, status};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -129,17 +130,25 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     record.metrics_file.clone_from(&policy.metrics_file);
     let deadline = Deadline::after(policy.safety.run_deadline);
     let current = CurrentFile::read(&policy.lio.saveconfig)?;
-    let snapshot = read_catalogue(&policy, deadline)?;
+    let (sources, snapshot) = read_catalogue(&policy, deadline, &current)?;
+    let ledger = read_ledger(&policy, &sources)?;
     let running = read_running(&policy)?;
+    let inputs = Inputs {
+        policy: &policy,
+        snapshot: &snapshot,
+        ledger: ledger.as_ref(),
+        now: now_unix(),
+    };
 
-    let plan = plan_and_report(&policy, &snapshot, &current, running.as_ref(), cli, record);
-    log_plan(&plan);
-    safety::check(&policy, &snapshot, &plan, cli.allow_removals)?;
+    let plan = plan_and_report(&inputs, &current, running.as_ref(), cli, record)?;
     let failures = FailureLog::new(&policy.lio.state_dir);
     if !plan.needs_apply() {
         if !cli.dry_run {
             // Nothing left to try: a failure of an older plan no longer matters.
             failures.clear();
+            // The target is as planned: the ledger may still have news (a grace that
+            // started, a configuration adopted).
+            write_ledger(&sources, ledger.as_ref(), &plan, record);
         }
         log_summary(&plan, false, cli.dry_run);
         return Ok(Exit::Success);
@@ -162,16 +171,9 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
         (current, plan)
     } else {
         log::info!("the configuration changed during the run; planning again");
-        let plan = plan_and_report(
-            &policy,
-            &snapshot,
-            &current_now,
-            running_now.as_ref(),
-            cli,
-            record,
-        );
-        safety::check(&policy, &snapshot, &plan, cli.allow_removals)?;
+        let plan = plan_and_report(&inputs, &current_now, running_now.as_ref(), cli, record)?;
         if !plan.needs_apply() {
+            write_ledger(&sources, ledger.as_ref(), &plan, record);
             log_summary(&plan, false, false);
             return Ok(Exit::Success);
         }
@@ -253,6 +255,8 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     record.report.applied = true;
     record.report.kernel_changes = applied.kernel_changes;
     record.report.backup = applied.backup.map(|p| p.display().to_string());
+    // Only now does the target hold the plan's numbers.
+    write_ledger(&sources, ledger.as_ref(), &plan, record);
     log_summary(&plan, true, false);
     Ok(changed_exit(cli))
 }
@@ -279,30 +283,133 @@ fn changed_exit(cli: &Cli) -> Exit {
     }
 }
 
-fn read_catalogue(policy: &Policy, deadline: Deadline) -> Result<Snapshot, Error> {
+/// Opens the sources and reads the catalogue. With a removal grace, the mount is also asked
+/// about the files of the LUNs in place (a file gone ends its grace).
+fn read_catalogue(
+    policy: &Policy,
+    deadline: Deadline,
+    current: &CurrentFile,
+) -> Result<(sources::Sources, Snapshot), Error> {
     let sources = sources::open(policy, deadline)?;
-    Ok(sources::collect(policy, &sources)?)
+    let snapshot = sources::collect(policy, &sources, &grace_files(policy, current))?;
+    Ok((sources, snapshot))
 }
 
+/// With a removal grace, the files of the LUNs in place (a file gone ends its grace).
+fn grace_files(policy: &Policy, current: &CurrentFile) -> std::collections::BTreeSet<String> {
+    if policy.safety.removal_grace.is_zero() {
+        Default::default()
+    } else {
+        plan::files_in_place(policy, &current.config)
+    }
+}
+
+/// The LUN ledger and the fleet's, when the policy keeps one.
+fn read_ledger(policy: &Policy, sources: &sources::Sources) -> Result<Option<LedgerRead>, Error> {
+    match &sources.ledger {
+        Some(store) => Ok(Some(ledger_store::read(store.as_ref(), policy)?)),
+        None => Ok(None),
+    }
+}
+
+fn ledger_report(read: &LedgerRead) -> LedgerReport {
+    LedgerReport {
+        place: read.place.clone(),
+        found: read.found,
+        fleet_targets: read.fleet_targets,
+        outcome: LedgerOutcome::NotWritten,
+    }
+}
+
+/// Writes the ledger the plan leaves, conditionally on the version read. Never fails the
+/// run: the target is already as planned, and a ledger that missed this run's news gets it
+/// from the next run (which adopts what is in place).
+fn write_ledger(
+    sources: &sources::Sources,
+    read: Option<&LedgerRead>,
+    plan: &Plan,
+    record: &mut RunRecord,
+) {
+    let (Some(store), Some(read), Some(next)) = (&sources.ledger, read, &plan.ledger) else {
+        return;
+    };
+    let outcome = if read.found && *next == read.ledger {
+        LedgerOutcome::Unchanged
+    } else {
+        match store.write(&next.to_json(), &read.version) {
+            Ok(Written::Written) => {
+                log::info!("LUN ledger {} written", read.place);
+                LedgerOutcome::Written
+            }
+            Ok(Written::Conflict) => {
+                log::warn!(
+                    "LUN ledger {} changed since this run read it (another run wrote it): not \
+                     written; the next run plans again",
+                    read.place
+                );
+                LedgerOutcome::Conflict
+            }
+            Err(source) => {
+                let error = SourceError::LedgerWrite {
+                    place: read.place.clone(),
+                    source,
+                };
+                log::warn!(
+                    "{}; the next run plans again",
+                    crate::secrets::redact(&crate::error::chain(&error))
+                );
+                LedgerOutcome::Failed
+            }
+        }
+    };
+    if let Some(report) = &mut record.report.ledger {
+        report.outcome = outcome;
+    }
+}
+
+/// What a run plans with, besides the configuration in place.
+struct Inputs<'a> {
+    policy: &'a Policy,
+    snapshot: &'a Snapshot,
+    ledger: Option<&'a LedgerRead>,
+    /// Unix time of the run.
+    now: u64,
+}
+
+impl Inputs<'_> {
+    fn plan(&self, current: &CurrentFile, running: Option<&RunningState>) -> Plan {
+        let context = plan::Context {
+            running,
+            ledger: self.ledger.map(|l| &l.ledger),
+            fleet: self.ledger.map(|l| &l.fleet),
+            now: self.now,
+        };
+        plan::plan(self.policy, self.snapshot, &current.config, &context)
+    }
+}
+
+/// Plans, reports and logs the plan, and checks it against the safety limits.
 fn plan_and_report(
-    policy: &Policy,
-    snapshot: &Snapshot,
+    inputs: &Inputs,
     current: &CurrentFile,
     running: Option<&RunningState>,
     cli: &Cli,
     record: &mut RunRecord,
-) -> Plan {
-    let plan = plan::plan(policy, snapshot, &current.config, running);
+) -> Result<Plan, Error> {
+    let plan = inputs.plan(current, running);
     record.report = Report::of_plan(
-        policy,
-        snapshot,
+        inputs.policy,
+        inputs.snapshot,
         &current.config,
         running.is_some(),
         &plan,
         cli.dry_run,
     );
+    record.report.ledger = inputs.ledger.map(ledger_report);
     record.figures = Some(PlanFigures::of(&plan));
-    plan
+    log_plan(&plan);
+    safety::check(inputs.policy, inputs.snapshot, &plan, cli.allow_removals)?;
+    Ok(plan)
 }
 
 /// One line per decision: projections at info, skipped images as warnings (images that are
@@ -380,29 +487,42 @@ fn status_command(cli: &Cli) -> Exit {
         let policy = load_policy(cli)?;
         let current = CurrentFile::read(&policy.lio.saveconfig)?;
         let running = read_running(&policy)?;
-        let (plan, catalogue_error) =
-            match read_catalogue(&policy, Deadline::after(policy.safety.run_deadline)) {
-                Ok(snapshot) => (
-                    Some(plan::plan(
-                        &policy,
-                        &snapshot,
-                        &current.config,
-                        running.as_ref(),
-                    )),
-                    None,
-                ),
-                Err(e) => {
-                    let text = crate::error::chain(&e);
-                    log::warn!("{text}");
-                    (None, Some(text))
-                }
-            };
+        let deadline = Deadline::after(policy.safety.run_deadline);
+        // The ledger names the images even when the catalogue cannot be read.
+        let (read, ledger) = match sources::open(&policy, deadline) {
+            Ok(sources) => {
+                let ledger = read_ledger(&policy, &sources).unwrap_or_else(|e| {
+                    log::warn!("{}", crate::error::chain(&e));
+                    None
+                });
+                let snapshot = sources::collect(&policy, &sources, &grace_files(&policy, &current));
+                (snapshot.map_err(Error::from), ledger)
+            }
+            Err(e) => (Err(Error::from(e)), None),
+        };
+        let (plan, catalogue_error) = match read {
+            Ok(snapshot) => {
+                let inputs = Inputs {
+                    policy: &policy,
+                    snapshot: &snapshot,
+                    ledger: ledger.as_ref(),
+                    now: now_unix(),
+                };
+                (Some(inputs.plan(&current, running.as_ref())), None)
+            }
+            Err(e) => {
+                let text = crate::error::chain(&e);
+                log::warn!("{text}");
+                (None, Some(text))
+            }
+        };
         let mut status = status::status(
             &current.config,
             &policy,
             plan.as_ref(),
             running.as_ref(),
             catalogue_error,
+            ledger.as_ref(),
         );
         status.last_failure = FailureLog::new(&policy.lio.state_dir).load();
         Ok::<_, Error>(status)
@@ -424,9 +544,17 @@ fn explain_command(cli: &Cli, query: &str) -> Exit {
     let result = (|| {
         let policy = load_policy(cli)?;
         let current = CurrentFile::read(&policy.lio.saveconfig)?;
-        let snapshot = read_catalogue(&policy, Deadline::after(policy.safety.run_deadline))?;
+        let deadline = Deadline::after(policy.safety.run_deadline);
+        let (sources, snapshot) = read_catalogue(&policy, deadline, &current)?;
+        let ledger = read_ledger(&policy, &sources)?;
         let running = read_running(&policy)?;
-        let plan = plan::plan(&policy, &snapshot, &current.config, running.as_ref());
+        let inputs = Inputs {
+            policy: &policy,
+            snapshot: &snapshot,
+            ledger: ledger.as_ref(),
+            now: now_unix(),
+        };
+        let plan = inputs.plan(&current, running.as_ref());
         Ok::<_, Error>(explain::explain(&policy, &snapshot, &plan, query))
     })();
     match result {

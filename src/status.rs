@@ -8,6 +8,7 @@ use crate::lio::running::RunningState;
 use crate::lio::{fileio_name, lun_index, luns as luns_of_tpg, path_of, SaveConfig};
 use crate::plan::{Action, ImageRef, Kind, Plan, Projection};
 use crate::policy::{Policy, Portal};
+use crate::sources::ledger_store::LedgerRead;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -33,6 +34,27 @@ pub struct Status {
     pub file_differs: Vec<String>,
     /// The plan that keeps failing, when runs are backing off from it.
     pub last_failure: Option<FailureRecord>,
+    /// The target's LUN ledger, when the policy keeps one and it could be read.
+    pub ledger: Option<StatusLedger>,
+}
+
+/// The ledger's view of the LUNs, and where they differ from the rest of the fleet.
+#[derive(Debug, Serialize)]
+pub struct StatusLedger {
+    pub place: String,
+    pub found: bool,
+    /// How many other targets' ledgers were read.
+    pub fleet_targets: usize,
+    /// Managed LUNs whose image another target serves under a different number.
+    pub fleet_differs: Vec<FleetDifference>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetDifference {
+    pub index: u32,
+    pub storage_object: String,
+    /// The number most other targets give it.
+    pub fleet_index: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,6 +71,8 @@ pub struct StatusLun {
     pub images: Vec<ImageRef>,
     /// What the next run does with it (keep, update, remove), when the catalogue was read.
     pub next_run: Option<Action>,
+    /// No longer wanted, kept within `safety.removal_grace` until then (Unix time).
+    pub removal_pending_until: Option<u64>,
 }
 
 pub fn status(
@@ -57,6 +81,7 @@ pub fn status(
     plan: Option<&Plan>,
     running: Option<&RunningState>,
     catalogue_error: Option<String>,
+    ledger: Option<&LedgerRead>,
 ) -> Status {
     let mut projections: HashMap<&str, &Projection> = HashMap::new();
     for p in plan.map_or(&[][..], |plan| plan.projections.as_slice()) {
@@ -75,9 +100,41 @@ pub fn status(
         lun.kind = projection.map(|p| p.kind);
         lun.images = projection.map(|p| p.images.clone()).unwrap_or_default();
         lun.next_run = projection.map(|p| p.action);
+        lun.removal_pending_until = projection.and_then(|p| p.removal_pending_until);
+        // The ledger remembers what the catalogue may have forgotten (or not be reachable
+        // to tell).
+        let remembered = lun
+            .name
+            .as_deref()
+            .filter(|_| lun.managed)
+            .and_then(|name| ledger?.ledger.entries.get(name));
+        if let Some(entry) = remembered {
+            lun.kind.get_or_insert(entry.kind);
+            if !lun.images.iter().any(ImageRef::is_known) {
+                lun.images.clone_from(&entry.images);
+            }
+        }
     }
     status.luns.sort_by_key(|l| l.index);
     status.catalogue_error = catalogue_error;
+    status.ledger = ledger.map(|read| StatusLedger {
+        place: read.place.clone(),
+        found: read.found,
+        fleet_targets: read.fleet_targets,
+        fleet_differs: status
+            .luns
+            .iter()
+            .filter(|lun| lun.managed)
+            .filter_map(|lun| {
+                let fleet_index = *read.fleet.get(lun.name.as_deref()?)?;
+                (fleet_index != lun.index).then(|| FleetDifference {
+                    index: lun.index,
+                    storage_object: lun.storage_object.clone(),
+                    fleet_index,
+                })
+            })
+            .collect(),
+    });
     status
 }
 
@@ -94,6 +151,7 @@ fn empty_status(policy: &Policy, source: &'static str) -> Status {
         source,
         file_differs: Vec::new(),
         last_failure: None,
+        ledger: None,
     }
 }
 
@@ -144,6 +202,7 @@ fn from_running(config: &SaveConfig, policy: &Policy, running: &RunningState) ->
             kind: None,
             images: Vec::new(),
             next_run: None,
+            removal_pending_until: None,
         });
     }
     let mapped: HashSet<&str> = running
@@ -195,6 +254,7 @@ fn from_file(config: &SaveConfig, policy: &Policy) -> Status {
             kind: None,
             images: Vec::new(),
             next_run: None,
+            removal_pending_until: None,
             name: text("name").or_else(|| fileio_name(lun).map(str::to_owned)),
         });
     }
@@ -269,14 +329,28 @@ impl Status {
                     lun.dev.as_deref().unwrap_or("")
                 )
             } else {
-                let images: Vec<String> = lun.images.iter().map(ImageRef::describe).collect();
+                let images: Vec<String> = lun
+                    .images
+                    .iter()
+                    .filter(|i| i.is_known())
+                    .map(ImageRef::describe)
+                    .collect();
                 let what = match (lun.kind, lun.next_run) {
-                    (Some(kind), Some(Action::Remove)) => {
+                    (Some(kind), Some(Action::Remove)) if images.is_empty() => {
                         format!("{kind}, no longer in the catalogue: the next run removes it")
                     }
+                    (Some(kind), Some(Action::Remove)) => format!(
+                        "{kind} {}, no longer in the catalogue: the next run removes it",
+                        images.join(" + ")
+                    ),
                     (Some(kind), Some(Action::Update)) => {
                         format!("{kind} {} (the next run updates it)", images.join(" + "))
                     }
+                    (Some(kind), _) if lun.removal_pending_until.is_some() => format!(
+                        "{kind} {}, no longer wanted: removal pending until {}",
+                        images.join(" + "),
+                        crate::describe::local_time(lun.removal_pending_until.unwrap_or(0))
+                    ),
                     (Some(kind), _) => format!("{kind} {}", images.join(" + ")),
                     (None, _) => "image unknown".to_string(),
                 };
@@ -308,6 +382,38 @@ impl Status {
                 crate::describe::printable(&failure.message),
                 crate::describe::local_time(failure.retry_unix())
             );
+        }
+        if let Some(ledger) = &self.ledger {
+            let _ = write!(
+                out,
+                "LUN ledger {}{}",
+                crate::describe::printable(&ledger.place),
+                if ledger.found { "" } else { " (none yet)" }
+            );
+            if ledger.fleet_targets == 0 {
+                let _ = writeln!(out, "; no other target's ledger to compare with.");
+            } else if ledger.fleet_differs.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "; every LUN has the number the fleet gives its image ({} other target(s)).",
+                    ledger.fleet_targets
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "; {} LUN(s) differ from the number the fleet gives their image ({} other \
+                     target(s)):",
+                    ledger.fleet_differs.len(),
+                    ledger.fleet_targets
+                );
+                for d in &ledger.fleet_differs {
+                    let _ = writeln!(
+                        out,
+                        "  LUN {} {} is LUN {} elsewhere",
+                        d.index, d.storage_object, d.fleet_index
+                    );
+                }
+            }
         }
         if !self.file_differs.is_empty() {
             let _ = writeln!(

@@ -1,11 +1,12 @@
 //! LUN allocation: which index each projection gets. An initiator's LUN N must always mean
 //! the same image, so a kept projection never moves, and a new one avoids every index in use.
 
-use super::rules::Candidate;
+use super::rules::{kind_of_key, Candidate};
+use crate::ledger::{Ledger, Served};
 use crate::lio::managed::ManagedObject;
 use crate::lio::running::RunningState;
 use crate::lio::{fileio_name, lun_index, luns, SaveConfig};
-use crate::policy::Policy;
+use crate::policy::{Catalogue, Policy};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -78,6 +79,22 @@ impl CurrentState {
         }
     }
 
+    /// The managed LUNs in place: the ledger's picture of now.
+    pub fn served(&self, catalogue: &Catalogue) -> Vec<Served> {
+        self.managed
+            .iter()
+            .filter_map(|(name, object)| {
+                let key = catalogue.key_for_dev(&object.dev)?;
+                Some(Served {
+                    name: name.clone(),
+                    lun: self.kept_lun(name)?,
+                    kind: kind_of_key(catalogue, key),
+                    source: catalogue.url_for_key(key),
+                })
+            })
+            .collect()
+    }
+
     /// The LUN a managed object keeps: where the running target serves it, else its lowest
     /// in the file's TPG 1.
     pub fn kept_lun(&self, name: &str) -> Option<u32> {
@@ -95,11 +112,30 @@ pub struct Allocation {
     pub unplaced: Vec<Candidate>,
 }
 
-/// LUN indices are stable: a projection that stays keeps its index; a new one takes an index
-/// above every index in use (in this run, including the ones being freed, so that an index
-/// initiators may still hold is not handed to a different image), and wraps to the lowest
-/// free index only past `max_lun`.
-pub fn allocate_luns(candidates: Vec<Candidate>, state: &CurrentState, max_lun: u32) -> Allocation {
+/// What the indices were, beyond this target's configuration: its ledger and the fleet's.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct History<'a> {
+    pub ledger: Option<&'a Ledger>,
+    pub fleet: Option<&'a BTreeMap<String, u32>>,
+}
+
+/// LUN indices are stable: a projection that stays keeps its index, and an index is never
+/// handed to another image while one never used is left.
+///
+/// - A projection in place keeps its index (the running target's, else the file's).
+/// - An identity the ledger knows gets its index back (a rebuilt worker, an image back in
+///   the catalogue), unless another identity holds it now.
+/// - A new identity takes the index the rest of the fleet gives it, when no identity ever
+///   had it here; else the next index above everything in use, in the ledger's high-water
+///   mark, or claimed by the ledger (freed in this run or any earlier one).
+/// - Past `max_lun`, the free index freed longest ago (one never used first), and one freed
+///   in this very run only as the last resort.
+pub fn allocate_luns(
+    candidates: Vec<Candidate>,
+    state: &CurrentState,
+    history: &History,
+    max_lun: u32,
+) -> Allocation {
     let mut placed = Vec::new();
     let mut new = Vec::new();
     // Indices that stay taken: LUNs of objects the tool does not manage, and kept LUNs.
@@ -121,26 +157,51 @@ pub fn allocate_luns(candidates: Vec<Candidate>, state: &CurrentState, max_lun: 
     new.sort_by(|a, b| {
         (a.kind, &a.source, &a.identity.name).cmp(&(b.kind, &b.source, &b.identity.name))
     });
-    let freed: BTreeSet<u32> = state.lun_indices.difference(&taken).copied().collect();
+    let empty = Ledger::default();
+    let ledger = history.ledger.unwrap_or(&empty);
+    let claimed = ledger.claimed();
+    // Live ledger entries hold their index for their identity alone.
+    let held: BTreeMap<u32, &str> = ledger
+        .entries
+        .iter()
+        .filter(|(_, e)| e.is_live())
+        .map(|(name, e)| (e.lun, name.as_str()))
+        .collect();
+    let freed_now: BTreeSet<u32> = state.lun_indices.difference(&taken).copied().collect();
     let mut next = state
         .lun_indices
         .iter()
         .chain(taken.iter())
+        .chain(ledger.high_water.iter())
         .max()
         .map_or(0, |max| max.saturating_add(1));
     let mut unplaced = Vec::new();
     for candidate in new {
-        let index = if next <= max_lun && !taken.contains(&next) {
-            let index = next;
-            next += 1;
-            Some(index)
-        } else {
-            // Past max_lun: the lowest index nobody holds, and one freed in this very run
-            // only as the last resort.
-            (0..=max_lun)
-                .find(|i| !taken.contains(i) && !freed.contains(i))
-                .or_else(|| (0..=max_lun).find(|i| !taken.contains(i)))
+        let name = candidate.identity.name.as_str();
+        let free = |i: &u32, taken: &BTreeSet<u32>| {
+            *i <= max_lun && !taken.contains(i) && held.get(i).is_none_or(|holder| *holder == name)
         };
+        let remembered = ledger
+            .entries
+            .get(name)
+            .map(|e| e.lun)
+            .filter(|i| free(i, &taken));
+        let fleet = history
+            .fleet
+            .and_then(|f| f.get(name).copied())
+            .filter(|i| free(i, &taken) && !claimed.contains(i) && !freed_now.contains(i));
+        let index = remembered.or(fleet).or_else(|| {
+            while next <= max_lun && (taken.contains(&next) || claimed.contains(&next)) {
+                next += 1;
+            }
+            if next <= max_lun {
+                let index = next;
+                next += 1;
+                Some(index)
+            } else {
+                wrap(max_lun, &taken, &held, &freed_now, ledger)
+            }
+        });
         match index {
             Some(index) => {
                 taken.insert(index);
@@ -150,4 +211,21 @@ pub fn allocate_luns(candidates: Vec<Candidate>, state: &CurrentState, max_lun: 
         }
     }
     Allocation { placed, unplaced }
+}
+
+/// Past `max_lun`: the free index that was freed longest ago (never used counts as longest),
+/// and one freed in this very run only as the last resort.
+fn wrap(
+    max_lun: u32,
+    taken: &BTreeSet<u32>,
+    held: &BTreeMap<u32, &str>,
+    freed_now: &BTreeSet<u32>,
+    ledger: &Ledger,
+) -> Option<u32> {
+    let freed_at = ledger.freed_at();
+    let free = (0..=max_lun).filter(|i| !taken.contains(i) && !held.contains_key(i));
+    free.clone()
+        .filter(|i| !freed_now.contains(i))
+        .min_by_key(|i| (freed_at.get(i).copied().unwrap_or(0), *i))
+        .or_else(|| free.min())
 }

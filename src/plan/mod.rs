@@ -13,16 +13,19 @@ pub mod luns;
 pub mod rules;
 
 use crate::codes::named_enum;
+use crate::identity::Identity;
 use crate::image::ImageRecord;
+use crate::ledger::Ledger;
 use crate::lio::edit::{self, LunEdits, ObjectEdits};
 use crate::lio::managed::{Difference, ManagedObject, ManagedView};
 use crate::lio::running::RunningState;
 use crate::lio::{storage_object_path, SaveConfig};
 use crate::policy::{Policy, Portal};
 use crate::skip::{ReasonCode, SkipReason};
+use crate::snapshot::MountEntry;
 use crate::snapshot::Snapshot;
-use luns::{allocate_luns, Allocation, CurrentState};
-use rules::{is_pe_image, pe_candidate, rootfs_candidate, Candidate, Trace};
+use luns::{allocate_luns, Allocation, CurrentState, History};
+use rules::{is_pe_image, kind_of_key, pe_candidate, rootfs_candidate, Candidate, Trace};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,7 +54,7 @@ named_enum! {
 }
 
 /// An IMS image (or, for PE, the object key standing in for one).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageRef {
     pub id: Option<String>,
     pub name: Option<String>,
@@ -114,13 +117,16 @@ pub struct Projection {
     pub action: Action,
     /// For `update`: what changes, one phrase each.
     pub changes: Vec<String>,
+    /// For a projection the catalogue no longer wants but kept within
+    /// `safety.removal_grace`: the Unix time it goes.
+    pub removal_pending_until: Option<u64>,
 }
 
 /// The JSON report's shape of a projection (a contract: extend, never rename).
 impl Serialize for Projection {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let first = self.images.first();
-        let mut s = serializer.serialize_struct("Projection", 13)?;
+        let mut s = serializer.serialize_struct("Projection", 14)?;
         s.serialize_field("kind", &self.kind)?;
         s.serialize_field("image_id", &first.and_then(|i| i.id.as_deref()))?;
         s.serialize_field("image_name", &first.and_then(|i| i.name.as_deref()))?;
@@ -134,6 +140,7 @@ impl Serialize for Projection {
         s.serialize_field("lun", &self.lun)?;
         s.serialize_field("action", &self.action)?;
         s.serialize_field("changes", &self.changes)?;
+        s.serialize_field("removal_pending_until", &self.removal_pending_until)?;
         s.end()
     }
 }
@@ -176,6 +183,8 @@ pub struct Plan {
     /// How the running target differs from the desired configuration, one line each (empty
     /// when it was not read).
     pub drift: Vec<String>,
+    /// The ledger as it stands once this plan is in place (`None` without a ledger).
+    pub ledger: Option<Ledger>,
 }
 
 impl Plan {
@@ -192,18 +201,41 @@ impl Plan {
     }
 }
 
-/// Computes the plan against the current file and, when it was read, the running target.
-/// Pure: the same inputs always give the same plan.
-pub fn plan(
-    policy: &Policy,
-    snapshot: &Snapshot,
-    current: &SaveConfig,
-    running: Option<&RunningState>,
-) -> Plan {
-    let (candidates, mut skipped) = candidates(policy, snapshot);
+/// What else a plan is made against, besides the policy, the catalogue and the file.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Context<'a> {
+    /// What the kernel runs, when it was read.
+    pub running: Option<&'a RunningState>,
+    /// The target's LUN ledger as it was read (empty when there was none yet), when the
+    /// policy keeps one.
+    pub ledger: Option<&'a Ledger>,
+    /// The index the rest of the fleet gives each identity.
+    pub fleet: Option<&'a BTreeMap<String, u32>>,
+    /// Unix time of the run (for `safety.removal_grace`).
+    pub now: u64,
+}
+
+/// Computes the plan against the current file and its context. Pure: the same inputs
+/// always give the same plan.
+pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig, context: &Context) -> Plan {
+    let running = context.running;
+    let (mut candidates, mut skipped) = candidates(policy, snapshot);
     let state = CurrentState::read(current, policy, running);
+    let ledger = context.ledger.map(|ledger| {
+        ledger
+            .clone()
+            .reconciled(&state.served(&policy.catalogue), context.now)
+    });
+    if let Some(ledger) = &ledger {
+        let pending = pending_removals(policy, snapshot, &state, &candidates, ledger, context.now);
+        candidates.extend(pending);
+    }
     let candidates = without_name_conflicts(candidates, &state, &mut skipped);
-    let allocation = allocate_luns(candidates, &state, policy.target.max_lun);
+    let history = History {
+        ledger: ledger.as_ref(),
+        fleet: context.fleet,
+    };
+    let allocation = allocate_luns(candidates, &state, &history, policy.target.max_lun);
     for c in &allocation.unplaced {
         skipped.push(c.skipped(
             ReasonCode::NoFreeLun,
@@ -213,12 +245,85 @@ pub fn plan(
             ),
         ));
     }
-    let mut plan = build(policy, snapshot, current, &state, &allocation, skipped);
+    let mut plan = build(
+        policy,
+        snapshot,
+        current,
+        &state,
+        &allocation,
+        skipped,
+        ledger.as_ref(),
+    );
     if let Some(running) = running {
         let desired = ManagedView::of(&plan.desired, &policy.catalogue, &policy.target);
         plan.drift = running.drift(&desired);
     }
+    plan.ledger = ledger.map(|ledger| ledger.after(&plan, context.now));
     plan
+}
+
+/// The object keys of the managed storage objects in `current`: the files a removal grace
+/// asks the mount about.
+pub fn files_in_place(policy: &Policy, current: &SaveConfig) -> BTreeSet<String> {
+    CurrentState::read(current, policy, None)
+        .managed
+        .values()
+        .filter_map(|object| policy.catalogue.key_for_dev(&object.dev))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Managed objects the catalogue no longer wants whose file is still in the mount, kept for
+/// `safety.removal_grace` after the ledger first saw them unwanted (initiators may still be
+/// reading them). A file gone from the mount goes at once: it can no longer be served.
+fn pending_removals(
+    policy: &Policy,
+    snapshot: &Snapshot,
+    state: &CurrentState,
+    wanted: &[Candidate],
+    ledger: &Ledger,
+    now: u64,
+) -> Vec<Candidate> {
+    let grace = policy.safety.removal_grace.as_secs();
+    if grace == 0 {
+        return Vec::new();
+    }
+    let wanted: BTreeSet<&str> = wanted.iter().map(|c| c.identity.name.as_str()).collect();
+    let catalogue = &policy.catalogue;
+    let mut pending = Vec::new();
+    for (name, object) in &state.managed {
+        if wanted.contains(name.as_str()) {
+            continue;
+        }
+        let (Some(key), Some(wwn), Some(size)) =
+            (catalogue.key_for_dev(&object.dev), &object.wwn, object.size)
+        else {
+            continue;
+        };
+        let in_mount =
+            matches!(snapshot.mount.get(key), Some(MountEntry::File { size: s }) if *s == size);
+        let entry = ledger.entries.get(name);
+        let since = entry.and_then(|e| e.unwanted_since).unwrap_or(now);
+        let until = since.saturating_add(grace);
+        if !in_mount || now >= until {
+            continue;
+        }
+        pending.push(Candidate {
+            kind: kind_of_key(catalogue, key),
+            images: entry.map(|e| e.images.clone()).unwrap_or_default(),
+            source: catalogue.url_for_key(key),
+            etag: entry.and_then(|e| e.etag.clone()),
+            identity: Identity {
+                name: name.clone(),
+                wwn: wwn.clone(),
+            },
+            dev: object.dev.clone(),
+            size,
+            key: key.to_string(),
+            pending_until: Some(until),
+        });
+    }
+    pending
 }
 
 /// Every projection the catalogue asks for, in catalogue order, and the skipped images.
@@ -320,6 +425,7 @@ fn build(
     state: &CurrentState,
     allocation: &Allocation,
     skipped: Vec<Skipped>,
+    ledger: Option<&Ledger>,
 ) -> Plan {
     let mut desired = current.clone();
     let object_edits = edit_storage_objects(&mut desired, policy, allocation);
@@ -345,6 +451,7 @@ fn build(
         snapshot,
         state,
         &object_edits.removed,
+        ledger,
     ));
     projections.sort_by(|a, b| (a.lun, &a.name, a.action).cmp(&(b.lun, &b.name, b.action)));
     let changed = desired != *current;
@@ -356,6 +463,7 @@ fn build(
         lun_removals,
         changed,
         drift: Vec::new(),
+        ledger: None,
     }
 }
 
@@ -457,6 +565,7 @@ fn placed_projections(
             } else {
                 Vec::new()
             },
+            removal_pending_until: candidate.pending_until,
         });
     }
     projections
@@ -469,6 +578,7 @@ fn removed_projections(
     snapshot: &Snapshot,
     state: &CurrentState,
     removed: &BTreeSet<String>,
+    ledger: Option<&Ledger>,
 ) -> Vec<Projection> {
     if removed.is_empty() {
         return Vec::new();
@@ -481,22 +591,22 @@ fn removed_projections(
             continue;
         };
         let key = catalogue.key_for_dev(&object.dev).unwrap_or_default();
-        let is_pe = catalogue
-            .pe_prefixes
-            .iter()
-            .any(|p| key.starts_with(p.as_str()));
-        let (kind, image) = if is_pe {
-            (Kind::Pe, ImageRef::pe(key))
-        } else {
-            let image = images_by_key
-                .get(key)
-                .cloned()
-                .unwrap_or_else(ImageRef::unknown);
-            (Kind::Rootfs, image)
+        let kind = kind_of_key(catalogue, key);
+        // The catalogue's name for it, else the ledger's (the image may be gone from IMS).
+        let images = match kind {
+            Kind::Pe => vec![ImageRef::pe(key)],
+            Kind::Rootfs => match images_by_key.get(key) {
+                Some(image) => vec![image.clone()],
+                None => ledger
+                    .and_then(|l| l.entries.get(name))
+                    .map(|e| e.images.clone())
+                    .filter(|images| !images.is_empty())
+                    .unwrap_or_else(|| vec![ImageRef::unknown()]),
+            },
         };
         projections.push(Projection {
             kind,
-            images: vec![image],
+            images,
             source: catalogue.url_for_key(key),
             etag: None,
             name: name.clone(),
@@ -506,6 +616,7 @@ fn removed_projections(
             lun: state.kept_lun(name),
             action: Action::Remove,
             changes: Vec::new(),
+            removal_pending_until: None,
         });
     }
     projections

@@ -25,6 +25,22 @@ pub struct Candidate {
     pub size: u64,
     /// The object key in the bucket (and under the mount).
     pub key: String,
+    /// Kept only until then (Unix time): the catalogue no longer wants it, and
+    /// `safety.removal_grace` has not passed.
+    pub pending_until: Option<u64>,
+}
+
+/// The kind of projection an object key makes: PE under a PE prefix, else rootfs.
+pub fn kind_of_key(catalogue: &Catalogue, key: &str) -> Kind {
+    if catalogue
+        .pe_prefixes
+        .iter()
+        .any(|p| key.starts_with(p.as_str()))
+    {
+        Kind::Pe
+    } else {
+        Kind::Rootfs
+    }
 }
 
 impl Candidate {
@@ -238,6 +254,7 @@ pub fn rootfs_candidate(
         dev: catalogue.dev_for_key(key),
         size,
         key: key.to_string(),
+        pending_until: None,
     })
 }
 
@@ -284,6 +301,7 @@ pub fn pe_candidate(
         dev: catalogue.dev_for_key(key),
         size,
         key: key.to_string(),
+        pending_until: None,
     })
 }
 

@@ -7,6 +7,7 @@
 pub mod auth;
 #[cfg(feature = "live")]
 pub mod ims;
+pub mod ledger_store;
 #[cfg(feature = "live")]
 pub mod manifest_cache;
 pub mod mount;
@@ -22,9 +23,11 @@ use crate::image::{parse_record, ImageEntry};
 use crate::policy::{ImsSource, Policy};
 use crate::s3path;
 use crate::snapshot::{ManifestRead, ObjectInfo, PeListing, Snapshot};
+use ledger_store::LedgerStore;
 use mount::Mount;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 /// Where the IMS image list comes from.
 pub trait ImageList {
@@ -50,8 +53,10 @@ pub trait ObjectStore {
 /// The sources a policy names.
 pub struct Sources {
     pub images: Box<dyn ImageList>,
-    pub store: Box<dyn ObjectStore>,
+    pub store: Rc<dyn ObjectStore>,
     pub mount: Mount,
+    /// Where the LUN ledger is kept, when the policy keeps one.
+    pub ledger: Option<Box<dyn LedgerStore>>,
 }
 
 /// Builds the sources the policy names: IMS from a file or over HTTPS, objects from the
@@ -72,24 +77,41 @@ pub fn open(policy: &Policy, deadline: Deadline) -> Result<Sources, SourceError>
         #[cfg(not(feature = "live"))]
         ImsSource::Http(_) => return Err(SourceError::NoLiveSources),
     };
-    let store: Box<dyn ObjectStore> = match &catalogue.s3 {
-        None => Box::new(offline::MountStore {
-            mount: mount.clone(),
-        }),
-        #[cfg(feature = "live")]
-        Some(settings) => Box::new(s3::S3Store::new(
+    #[cfg(feature = "live")]
+    let bucket = match &catalogue.s3 {
+        None => None,
+        Some(settings) => Some(Rc::new(s3::S3Store::new(
             settings,
             &catalogue.bucket,
             runtime,
             deadline,
-        )?),
-        #[cfg(not(feature = "live"))]
-        Some(_) => return Err(SourceError::NoLiveSources),
+        )?)),
     };
+    #[cfg(not(feature = "live"))]
+    if catalogue.s3.is_some() {
+        return Err(SourceError::NoLiveSources);
+    }
+    #[cfg(feature = "live")]
+    let store: Rc<dyn ObjectStore> = match &bucket {
+        Some(bucket) => bucket.clone(),
+        None => Rc::new(offline::MountStore {
+            mount: mount.clone(),
+        }),
+    };
+    #[cfg(not(feature = "live"))]
+    let store: Rc<dyn ObjectStore> = Rc::new(offline::MountStore {
+        mount: mount.clone(),
+    });
+    let ledger = ledger_store::open(
+        policy,
+        #[cfg(feature = "live")]
+        bucket,
+    )?;
     Ok(Sources {
         images,
         store,
         mount,
+        ledger,
     })
 }
 
@@ -104,8 +126,13 @@ fn live_runtime() -> Result<std::sync::Arc<tokio::runtime::Runtime>, SourceError
 }
 
 /// Gathers a snapshot: the IMS records, the manifests of the images that pass the tag filter,
-/// the S3 facts and mount entries of their rootfs files, and the PE candidates.
-pub fn collect(policy: &Policy, sources: &Sources) -> Result<Snapshot, SourceError> {
+/// the S3 facts and mount entries of their rootfs files, and the PE candidates. The mount
+/// is also asked about `also_stat` (the files of LUNs in place, for the removal grace).
+pub fn collect(
+    policy: &Policy,
+    sources: &Sources,
+    also_stat: &BTreeSet<String>,
+) -> Result<Snapshot, SourceError> {
     let catalogue = &policy.catalogue;
     // An unreachable mount must not read as "every file is gone": that would remove every
     // LUN (the old agent un-projected everything during an s3fs outage).
@@ -150,6 +177,7 @@ pub fn collect(policy: &Policy, sources: &Sources) -> Result<Snapshot, SourceErr
     let mount = rootfs_keys
         .iter()
         .chain(pe_objects.iter().map(|object| &object.key))
+        .chain(also_stat)
         .filter(|key| s3path::check_key(key).is_ok())
         .map(|key| (key.clone(), sources.mount.stat(key)))
         .collect();

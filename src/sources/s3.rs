@@ -6,10 +6,11 @@
 //! library is built. Credentials come from the s3fs credentials file only: no environment,
 //! profile or instance-metadata lookups.
 
+use super::ledger_store::{Version, Written};
 use super::manifest_cache::ManifestCache;
 use super::{tls, ObjectStore};
 use crate::deadline::Deadline;
-use crate::error::SourceError;
+use crate::error::{BoxError, SourceError};
 use crate::policy::{S3Settings, DELETED_PREFIX};
 use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::{ManifestRead, ObjectInfo, PeListing, PeObject};
@@ -361,6 +362,82 @@ impl ObjectStore for S3Store {
             objects,
             unreadable: BTreeMap::new(),
         })
+    }
+}
+
+/// Where the run's LUN ledger and the fleet's are kept in the bucket.
+impl S3Store {
+    /// An object's bytes and ETag (as the server sent it), `None` when there is no such
+    /// object; one larger than `limit` is an error.
+    pub fn get_object(&self, key: &str, limit: u64) -> Result<Option<(Vec<u8>, String)>, BoxError> {
+        self.runtime.block_on(async {
+            let answer = match self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                Ok(answer) => answer,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(DisplayErrorContext(e).to_string().into()),
+            };
+            let length = answer.content_length().and_then(|l| u64::try_from(l).ok());
+            if length.is_some_and(|l| l > limit) {
+                return Err(format!("it is larger than the {limit}-byte limit").into());
+            }
+            let etag = answer.e_tag().unwrap_or_default().to_string();
+            let bytes = answer.body.collect().await?.into_bytes();
+            if bytes.len() as u64 > limit {
+                return Err(format!("it is larger than the {limit}-byte limit").into());
+            }
+            Ok(Some((bytes.to_vec(), etag)))
+        })
+    }
+
+    /// PUTs `bytes` at `key` only if the object is still at `version` (`If-Match`, or
+    /// `If-None-Match: *` to create it). A server that ignores the conditions overwrites.
+    pub fn put_if(&self, key: &str, bytes: &[u8], version: &Version) -> Result<Written, BoxError> {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(bytes.to_vec().into());
+        request = match version {
+            Version::Absent => request.if_none_match("*"),
+            Version::ETag(etag) => request.if_match(etag),
+            Version::Bytes(_) => return Err("an object has no byte version".into()),
+        };
+        match self.runtime.block_on(request.send()) {
+            Ok(_) => Ok(Written::Written),
+            // 412: changed since it was read; 404 with If-Match: deleted since; 409: another
+            // conditional write is in flight.
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(409 | 412)
+                ) || (matches!(version, Version::ETag(_))
+                    && e.raw_response().is_some_and(|r| r.status().as_u16() == 404)) =>
+            {
+                Ok(Written::Conflict)
+            }
+            Err(e) => Err(DisplayErrorContext(e).to_string().into()),
+        }
+    }
+
+    /// Keys under `prefix`, from the run's one listing.
+    pub fn keys_under(&self, prefix: &str) -> Result<Vec<String>, SourceError> {
+        Ok(self
+            .listing()?
+            .range(prefix.to_string()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, _)| key.clone())
+            .collect())
     }
 }
 

@@ -36,7 +36,7 @@ fn golden_cases() {
             Ok(bytes) => SaveConfig::parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}")),
             Err(_) => SaveConfig::empty(),
         };
-        let plan = plan(&policy, &snapshot, &current, None);
+        let plan = plan(&policy, &snapshot, &current, &Default::default());
         let json = plan.desired.to_canonical();
         let text = Report::of_plan(&policy, &snapshot, &current, false, &plan, true).to_text();
         if bless {

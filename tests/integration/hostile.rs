@@ -113,10 +113,10 @@ fn saveconfigs() -> usize {
         };
         // An odd file plans without a panic, keeps what the tool does not own, and planning
         // what it wrote changes nothing.
-        let plan = sbps_reconcile::plan::plan(&policy, &snap.0, &current, None);
+        let plan = sbps_reconcile::plan::plan(&policy, &snap.0, &current, &Default::default());
         let reparsed = SaveConfig::parse(plan.desired.to_canonical().as_bytes())
             .map_err(|e| format!("the desired file does not parse: {e}"))?;
-        let again = sbps_reconcile::plan::plan(&policy, &snap.0, &reparsed, None);
+        let again = sbps_reconcile::plan::plan(&policy, &snap.0, &reparsed, &Default::default());
         if again.changed {
             return Err("planning the desired file again changes it".to_string());
         }

@@ -23,7 +23,7 @@ fn record(id: &str, name: &str, metadata: Option<Value>) -> Value {
     r
 }
 
-fn tagged() -> Option<Value> {
+pub(crate) fn tagged() -> Option<Value> {
     Some(json!({"sbps-project": "true"}))
 }
 
@@ -340,41 +340,62 @@ fn plain_http_to_another_host_is_refused_for_a_bearer_token() {
 }
 
 /// A live catalogue: IMS served by a test server, objects in S3, the mount mirroring S3.
-struct Live {
-    sandbox: Sandbox,
-    s3: S3Fixture,
-    ims: HttpServer,
-    records: Arc<Mutex<Vec<Value>>>,
+/// A sandbox on live sources: IMS over HTTP (a server of the test's) and a bucket of its
+/// own on the S3 server.
+pub(crate) struct Live {
+    pub(crate) sandbox: Sandbox,
+    pub(crate) s3: S3Fixture,
+    pub(crate) ims: HttpServer,
+    pub(crate) records: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Live {
-    fn new(page_size: u32) -> Option<Live> {
+    pub(crate) fn new(page_size: u32) -> Option<Live> {
         let sandbox = Sandbox::new();
         let s3 = S3Fixture::new(&sandbox.path("s3.creds"))?;
         sandbox.write("ims.token", TOKEN);
         let records = Arc::new(Mutex::new(Vec::new()));
         let ims = ims_server(records.clone());
-        let root = sandbox.root().display();
-        let catalogue = format!(
-            "catalogue:\n  bucket: {bucket}\n  mount: {root}/mount\n  require_mountpoint: false\n  ims:\n    url: {url}\n    auth:\n      token_file: {root}/ims.token\n\
-             \x20 s3:\n    endpoint: {endpoint}\n    credentials_file: {root}/s3.creds\n    page_size: {page_size}\n    concurrency: 3\n\
-             \x20   cache_dir: {root}/cache\n",
-            bucket = s3.bucket,
-            url = ims.url(IMS_PATH),
-            endpoint = s3.proxy.url(),
-        );
-        sandbox.write_policy_with("", 10, &catalogue);
-        Some(Live {
+        let live = Live {
             sandbox,
             s3,
             ims,
             records,
-        })
+        };
+        live.write_policy(page_size);
+        Some(live)
+    }
+
+    /// Another worker on the same IMS and bucket, with its own sandbox (and mount).
+    pub(crate) fn worker(&self) -> Sandbox {
+        let sandbox = Sandbox::new();
+        fs::copy(self.sandbox.path("s3.creds"), sandbox.path("s3.creds")).unwrap();
+        sandbox.write("ims.token", TOKEN);
+        sandbox
+    }
+
+    /// The live `catalogue:` section for `sandbox` (this one, or a `worker`).
+    pub(crate) fn catalogue_for(&self, sandbox: &Sandbox, page_size: u32) -> String {
+        let root = sandbox.root().display();
+        format!(
+            "catalogue:\n  bucket: {bucket}\n  mount: {root}/mount\n  require_mountpoint: false\n  ims:\n    url: {url}\n    auth:\n      token_file: {root}/ims.token\n\
+             \x20 s3:\n    endpoint: {endpoint}\n    credentials_file: {root}/s3.creds\n    page_size: {page_size}\n    concurrency: 3\n\
+             \x20   cache_dir: {root}/cache\n",
+            bucket = self.s3.bucket,
+            url = self.ims.url(IMS_PATH),
+            endpoint = self.s3.proxy.url(),
+        )
+    }
+
+    /// Writes this sandbox's policy again (after `set_iqn` and the like).
+    pub(crate) fn write_policy(&self, page_size: u32) {
+        let catalogue = self.catalogue_for(&self.sandbox, page_size);
+        self.sandbox.write_policy_with("", 10, &catalogue);
     }
 
     /// Uploads a rootfs and its manifest, mirrors the file into the mount, and lists the image
     /// in IMS (tagged). Returns the rootfs ETag.
-    fn image(&self, id: &str, content: &[u8]) -> String {
+    pub(crate) fn image(&self, id: &str, content: &[u8]) -> String {
         let bucket = &self.s3.bucket;
         let etag = if content.len() > 5 * 1024 * 1024 {
             self.s3.put_multipart(&format!("{id}/rootfs"), content)
@@ -390,7 +411,7 @@ impl Live {
         etag
     }
 
-    fn list(&self, id: &str, metadata: Option<Value>) {
+    pub(crate) fn list(&self, id: &str, metadata: Option<Value>) {
         let mut records = self.records.lock().unwrap();
         records.retain(|r| r["id"] != json!(id));
         let mut r = record(id, &format!("image-{id}"), metadata);
@@ -398,7 +419,7 @@ impl Live {
         records.push(r);
     }
 
-    fn pe(&self, key: &str, content: &[u8]) {
+    pub(crate) fn pe(&self, key: &str, content: &[u8]) {
         self.s3.put(key, content);
         self.sandbox.write(&format!("mount/{key}"), content);
     }
@@ -506,11 +527,14 @@ fn s3_listing_pages_etags_and_the_mount_decide_what_is_projected() {
         .filter(|r| r.method == "GET" && r.target.contains("list-type=2"))
         .count();
     assert_eq!(pages, 6, "{requests:#?}");
-    let gets: Vec<&str> = requests
+    let (ledger_gets, gets): (Vec<&str>, Vec<&str>) = requests
         .iter()
         .filter(|r| r.method == "GET" && !r.target.contains("list-type=2"))
         .map(|r| r.target.split('?').next().unwrap_or_default())
-        .collect();
+        .partition(|t| t.contains("/sbps-reconcile/luns/"));
+    // The LUN ledger (a dry run reads it, and writes nothing).
+    assert_eq!(ledger_gets.len(), 1, "{ledger_gets:?}");
+    assert!(!requests.iter().any(|r| r.method == "PUT"), "{requests:#?}");
     assert_eq!(
         gets.len(),
         7,

@@ -6,6 +6,7 @@ mod golden;
 mod hostile;
 mod inplace;
 mod kill;
+mod ledger;
 #[cfg(feature = "live")]
 mod live;
 mod operator;

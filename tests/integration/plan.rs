@@ -208,7 +208,9 @@ fn the_old_agents_second_lun_for_one_backstore_is_dropped() {
         .any(|c| c.contains("duplicate LUN 5")));
     // And the result is stable.
     current = plan.desired.clone();
-    assert!(!sbps_reconcile::plan::plan(&policy(""), &snap.0, &current, None).changed);
+    assert!(
+        !sbps_reconcile::plan::plan(&policy(""), &snap.0, &current, &Default::default()).changed
+    );
 }
 
 #[test]

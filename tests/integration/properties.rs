@@ -101,7 +101,7 @@ proptest! {
         let mut current = SaveConfig::empty();
         for catalogue in &runs {
             let snap = snapshot(catalogue);
-            let plan = plan(&policy, &snap.0, &current, None);
+            let plan = plan(&policy, &snap.0, &current, &Default::default());
             let want = wanted(catalogue);
             let before = luns(&current);
             let after = luns(&plan.desired);
@@ -147,5 +147,72 @@ fn plan_again(policy: &sbps_reconcile::policy::Policy, snap: &Snap, applied: &Sa
     // Through the canonical text, as it is written and read back.
     let reread =
         SaveConfig::parse(applied.to_canonical().as_bytes()).expect("canonical text parses");
-    plan(policy, &snap.0, &reread, None).changed
+    plan(policy, &snap.0, &reread, &Default::default()).changed
+}
+
+/// A run on the same worker, or on the same worker rebuilt (configuration lost, ledger kept).
+#[derive(Debug, Clone)]
+enum Step {
+    Run(Catalogue),
+    Rebuild(Catalogue),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => catalogue().prop_map(Step::Run),
+        1 => catalogue().prop_map(Step::Rebuild),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// With the ledger, across runs and rebuilds: an index once given to an image is never
+    /// given to another one, and an image always gets the index it had (max_lun 255 is
+    /// never reached here).
+    #[test]
+    fn with_the_ledger_an_index_means_one_image_for_ever(
+        steps in prop::collection::vec(step(), 1..8),
+    ) {
+        use sbps_reconcile::ledger::Ledger;
+        use sbps_reconcile::plan::Context;
+        let policy = policy("");
+        let mut current = SaveConfig::empty();
+        let mut ledger = Ledger::empty(crate::util::model::IQN);
+        let mut image_of: BTreeMap<u32, String> = BTreeMap::new();
+        let mut index_of: BTreeMap<String, u32> = BTreeMap::new();
+        for (n, step) in steps.iter().enumerate() {
+            let catalogue = match step {
+                Step::Run(catalogue) => catalogue,
+                Step::Rebuild(catalogue) => {
+                    current = SaveConfig::empty();
+                    catalogue
+                }
+            };
+            let snap = snapshot(catalogue);
+            let context = Context {
+                ledger: Some(&ledger),
+                now: 1000 + n as u64,
+                ..Context::default()
+            };
+            let plan = plan(&policy, &snap.0, &current, &context);
+            let after = luns(&plan.desired);
+            prop_assert_eq!(&after.keys().cloned().collect::<BTreeSet<_>>(), &wanted(catalogue));
+            for (name, index) in &after {
+                if let Some(holder) = image_of.get(index) {
+                    prop_assert_eq!(holder, name, "LUN {} handed to another image", index);
+                }
+                if let Some(had) = index_of.get(name) {
+                    prop_assert_eq!(had, index, "{} renumbered", name);
+                }
+                image_of.insert(*index, name.clone());
+                index_of.insert(name.clone(), *index);
+            }
+            // The ledger goes through its JSON, as a store keeps it.
+            let next = plan.ledger.as_ref().expect("a ledger");
+            ledger = Ledger::parse(&next.to_json(), crate::util::model::IQN)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            current = plan.desired;
+        }
+    }
 }

@@ -53,10 +53,10 @@ fuzz_target!(|bytes: &[u8]| {
     };
     let policy = policy();
     let snapshot = snapshot();
-    let plan = sbps_reconcile::plan::plan(&policy, &snapshot, &current, None);
+    let plan = sbps_reconcile::plan::plan(&policy, &snapshot, &current, &Default::default());
     let _ = ManagedView::of(&current, &policy.catalogue, &policy.target);
     let text = plan.desired.to_canonical();
     let reread = SaveConfig::parse(text.as_bytes()).expect("the canonical text parses");
-    let again = sbps_reconcile::plan::plan(&policy, &snapshot, &reread, None);
+    let again = sbps_reconcile::plan::plan(&policy, &snapshot, &reread, &Default::default());
     assert!(!again.changed, "planning what was planned changes it");
 });

@@ -237,6 +237,8 @@ impl ServerIdentity {
 pub struct RecordingProxy {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Request>>>,
+    /// Requests whose target contains one of these are answered 500 by the proxy itself.
+    failing: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -247,19 +249,21 @@ impl RecordingProxy {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let failing = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (requests, stop) = (requests.clone(), stop.clone());
+            let (requests, failing, stop) = (requests.clone(), failing.clone(), stop.clone());
             std::thread::spawn(move || {
                 accept_loop(listener, &stop, |client| {
-                    let requests = requests.clone();
-                    std::thread::spawn(move || forward(client, upstream, &requests));
+                    let (requests, failing) = (requests.clone(), failing.clone());
+                    std::thread::spawn(move || forward(client, upstream, &requests, &failing));
                 })
             })
         };
         RecordingProxy {
             addr,
             requests,
+            failing,
             stop,
             thread: Some(thread),
         }
@@ -276,6 +280,12 @@ impl RecordingProxy {
     pub fn clear(&self) {
         self.requests.lock().unwrap().clear();
     }
+
+    /// From now on, answers every request whose target contains `part` with a 500 (an S3
+    /// InternalError) instead of forwarding it.
+    pub fn fail_requests_to(&self, part: &str) {
+        self.failing.lock().unwrap().push(part.to_string());
+    }
 }
 
 impl Drop for RecordingProxy {
@@ -287,7 +297,12 @@ impl Drop for RecordingProxy {
     }
 }
 
-fn forward(mut client: TcpStream, upstream: SocketAddr, requests: &Mutex<Vec<Request>>) {
+fn forward(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    requests: &Mutex<Vec<Request>>,
+    failing: &Mutex<Vec<String>>,
+) {
     let Some((request, buffer)) = read_head(&mut client) else {
         return;
     };
@@ -309,6 +324,24 @@ fn forward(mut client: TcpStream, upstream: SocketAddr, requests: &Mutex<Vec<Req
         }
     }
     requests.lock().unwrap().push(request.clone());
+    let fail = failing
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|part| request.target.contains(part.as_str()));
+    if fail {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code>\
+                    <Message>We encountered an internal error.</Message></Error>";
+        let _ = client.write_all(
+            format!(
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        return;
+    }
     let Ok(mut server) = TcpStream::connect(upstream) else {
         return;
     };

@@ -25,7 +25,7 @@ pub fn policy(target_extra: &str) -> Policy {
 }
 
 pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig) -> Plan {
-    sbps_reconcile::plan::plan(policy, snapshot, current, None)
+    sbps_reconcile::plan::plan(policy, snapshot, current, &Default::default())
 }
 
 pub fn empty() -> SaveConfig {

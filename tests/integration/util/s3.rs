@@ -169,6 +169,24 @@ impl S3Fixture {
         })
     }
 
+    /// The object's bytes, `None` when there is none.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.runtime.block_on(async {
+            match self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                Ok(answer) => Some(answer.body.collect().await.unwrap().into_bytes().to_vec()),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => None,
+                Err(e) => panic!("get {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
+            }
+        })
+    }
+
     pub fn delete(&self, key: &str) {
         self.runtime
             .block_on(

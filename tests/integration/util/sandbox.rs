@@ -15,6 +15,18 @@ pub struct Sandbox {
     /// `lio.apply` of the policy: `restore` (the stand-in targetctl) or `configfs` (the
     /// stand-in configfs).
     apply: std::cell::Cell<&'static str>,
+    /// What every policy written from now on says, beyond the defaults.
+    policy: std::cell::RefCell<PolicyExtras>,
+}
+
+/// Policy lines a test sets once, for every policy its sandbox writes from then on.
+#[derive(Default)]
+struct PolicyExtras {
+    iqn: Option<String>,
+    /// Lines under `lio:` (two-space indented by the caller).
+    lio: String,
+    /// Lines under `safety:`.
+    safety: String,
 }
 
 /// What one run of the binary did.
@@ -55,6 +67,7 @@ impl Sandbox {
             configfs: None,
             dir,
             apply: std::cell::Cell::new("restore"),
+            policy: Default::default(),
         };
         for sub in ["mount", "etc/target", "bin", "run"] {
             fs::create_dir_all(sandbox.path(sub)).unwrap();
@@ -113,6 +126,23 @@ impl Sandbox {
         fs::read_to_string(self.path(rel)).ok()
     }
 
+    /// From now on, the policy's target is `iqn` (the policy is not rewritten here).
+    #[cfg_attr(not(feature = "live"), allow(dead_code))]
+    pub fn set_iqn(&self, iqn: &str) {
+        self.policy.borrow_mut().iqn = Some(iqn.to_string());
+    }
+
+    /// From now on, the policy has these lines under `lio:` (each `  key: value\n`).
+    pub fn set_lio_extra(&self, lines: &str) {
+        self.policy.borrow_mut().lio = lines.to_string();
+    }
+
+    /// From now on, the policy has these lines under `safety:` (each `  key: value\n`).
+    #[cfg_attr(not(feature = "live"), allow(dead_code))]
+    pub fn set_safety_extra(&self, lines: &str) {
+        self.policy.borrow_mut().safety = lines.to_string();
+    }
+
     /// Writes the policy with `lio.apply: <apply>` from now on.
     pub fn write_policy_as(&self, apply: &'static str, target_extra: &str, max_removals: usize) {
         self.apply.set(apply);
@@ -134,6 +164,12 @@ impl Sandbox {
     pub fn write_policy_with(&self, target_extra: &str, max_removals: usize, catalogue: &str) {
         let root = self.root().display();
         let apply = self.apply.get();
+        let extras = self.policy.borrow();
+        let iqn = extras
+            .iqn
+            .as_deref()
+            .unwrap_or("iqn.2023-06.csm.iscsi:ncn-w001");
+        let (lio_extra, safety_extra) = (&extras.lio, &extras.safety);
         let portals = if target_extra.contains("portals:") {
             ""
         } else {
@@ -142,13 +178,13 @@ impl Sandbox {
         self.write(
             "policy.yaml",
             format!(
-                "target:\n  iqn: \"iqn.2023-06.csm.iscsi:ncn-w001\"\n  {portals}{target_extra}\n\
+                "target:\n  iqn: \"{iqn}\"\n  {portals}{target_extra}\n\
                  lio:\n  saveconfig: {root}/etc/target/saveconfig.json\n  targetctl: {root}/bin/targetctl\n\
                  \x20 backup_dir: {root}/etc/target/backup\n  lock_file: {root}/run/sbps-reconcile.lock\n\
                  \x20 targetcli_lock: {root}/run/targetcli.lock\n\
                  \x20 apply: {apply}\n  configfs: {root}/configfs\n  state_dir: {root}/state\n\
-                 {catalogue}\
-                 safety:\n  max_removals: {max_removals}\n"
+                 {lio_extra}{catalogue}\
+                 safety:\n  max_removals: {max_removals}\n{safety_extra}"
             ),
         );
     }

@@ -1,0 +1,257 @@
+//! Where a target's LUN ledger is kept: an object in the catalogue bucket, beside the rest of
+//! the fleet's, or a local file. Reading, and the one conditional write a run makes; what a
+//! ledger means is [`crate::ledger`].
+
+use crate::error::{BoxError, SourceError};
+use crate::ledger::{fleet_numbers, Ledger};
+use crate::policy::{LedgerPlace, Policy};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The largest ledger read: 32 MiB, far above 65,536 indices of a few hundred bytes each.
+pub const MAX_LEDGER_BYTES: u64 = 32 * 1024 * 1024;
+/// The most ledgers of other targets read under the prefix.
+pub const MAX_FLEET_LEDGERS: usize = 1000;
+
+/// What a ledger was read at, for the conditional write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    /// There was none: create it only if there still is none.
+    Absent,
+    /// The object's ETag.
+    ETag(String),
+    /// A file's bytes.
+    Bytes(Vec<u8>),
+}
+
+/// How a conditional write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Written,
+    /// The ledger changed since it was read (another run wrote it): nothing written.
+    Conflict,
+}
+
+/// A ledger's bytes as stored.
+pub struct Stored {
+    /// `None` when there is no ledger yet.
+    pub bytes: Option<Vec<u8>>,
+    pub version: Version,
+}
+
+/// Another target's ledger under the same prefix.
+pub struct FleetLedger {
+    /// Where it is.
+    pub place: String,
+    /// The target it must belong to (from its name).
+    pub target: String,
+    pub bytes: Result<Vec<u8>, String>,
+}
+
+/// Where a ledger is kept.
+pub trait LedgerStore {
+    /// Where it is, for messages.
+    fn place(&self) -> String;
+    fn read(&self) -> Result<Stored, BoxError>;
+    /// The other targets' ledgers.
+    fn fleet(&self) -> Vec<FleetLedger>;
+    /// Writes `bytes` only if the ledger is still at `version`.
+    fn write(&self, bytes: &[u8], version: &Version) -> Result<Written, BoxError>;
+}
+
+/// The ledger in a local file (`lio.ledger_file`). Runs take the lock file, so the version
+/// check guards against a hand edit or a copy made between read and write.
+pub struct FileLedger {
+    pub path: PathBuf,
+}
+
+impl LedgerStore for FileLedger {
+    fn place(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn read(&self) -> Result<Stored, BoxError> {
+        match crate::fsio::read_regular(&self.path, MAX_LEDGER_BYTES) {
+            Ok(bytes) => Ok(Stored {
+                version: Version::Bytes(bytes.clone()),
+                bytes: Some(bytes),
+            }),
+            Err(e) if e.is_not_found() => Ok(Stored {
+                bytes: None,
+                version: Version::Absent,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn fleet(&self) -> Vec<FleetLedger> {
+        Vec::new()
+    }
+
+    fn write(&self, bytes: &[u8], version: &Version) -> Result<Written, BoxError> {
+        let now = self.read()?;
+        if now.version != *version {
+            return Ok(Written::Conflict);
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| crate::error::FileError::new("create the directory", dir, e))?;
+        }
+        crate::fsio::write_atomic_mode(&self.path, bytes, 0o644)?;
+        Ok(Written::Written)
+    }
+}
+
+/// The ledger as an object under `catalogue.s3.ledger_prefix`, written with a conditional
+/// PUT, the fleet's ledgers beside it.
+#[cfg(feature = "live")]
+pub struct BucketLedger {
+    pub store: std::rc::Rc<super::s3::S3Store>,
+    pub bucket: String,
+    pub prefix: String,
+    pub key: String,
+}
+
+#[cfg(feature = "live")]
+impl LedgerStore for BucketLedger {
+    fn place(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+
+    fn read(&self) -> Result<Stored, BoxError> {
+        Ok(match self.store.get_object(&self.key, MAX_LEDGER_BYTES)? {
+            Some((bytes, etag)) => Stored {
+                bytes: Some(bytes),
+                version: Version::ETag(etag),
+            },
+            None => Stored {
+                bytes: None,
+                version: Version::Absent,
+            },
+        })
+    }
+
+    fn fleet(&self) -> Vec<FleetLedger> {
+        let keys = match self.store.keys_under(&self.prefix) {
+            Ok(keys) => keys,
+            Err(e) => {
+                log::warn!(
+                    "cannot list the fleet's LUN ledgers: {}",
+                    crate::error::chain(&e)
+                );
+                return Vec::new();
+            }
+        };
+        keys.into_iter()
+            .filter(|key| *key != self.key)
+            .filter_map(|key| {
+                let target = key.strip_prefix(&self.prefix)?.strip_suffix(".json")?;
+                // Only the prefix's own level: a folder below it is not a ledger.
+                (!target.contains('/')).then(|| (target.to_string(), key.clone()))
+            })
+            .take(MAX_FLEET_LEDGERS)
+            .map(|(target, key)| FleetLedger {
+                place: format!("s3://{}/{key}", self.bucket),
+                bytes: match self.store.get_object(&key, MAX_LEDGER_BYTES) {
+                    Ok(Some((bytes, _))) => Ok(bytes),
+                    Ok(None) => Err("it is gone".to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                target,
+            })
+            .collect()
+    }
+
+    fn write(&self, bytes: &[u8], version: &Version) -> Result<Written, BoxError> {
+        self.store.put_if(&self.key, bytes, version)
+    }
+}
+
+/// The ledger a run plans with, and what the fleet knows.
+#[derive(Debug, Clone)]
+pub struct LedgerRead {
+    pub place: String,
+    /// Empty when there was none yet.
+    pub ledger: Ledger,
+    /// Whether there was one.
+    pub found: bool,
+    pub version: Version,
+    /// The index the rest of the fleet gives each identity.
+    pub fleet: BTreeMap<String, u32>,
+    /// How many other targets' ledgers were read.
+    pub fleet_targets: usize,
+}
+
+/// Reads the ledger and the fleet's. A ledger that cannot be read or used is an error: a run
+/// never numbers without the ledger it should have. Another target's bad ledger only costs
+/// its votes.
+pub fn read(store: &dyn LedgerStore, policy: &Policy) -> Result<LedgerRead, SourceError> {
+    let place = store.place();
+    let iqn = &policy.target.iqn;
+    let stored = store.read().map_err(|source| SourceError::LedgerRead {
+        place: place.clone(),
+        source,
+    })?;
+    let (ledger, found) = match &stored.bytes {
+        Some(bytes) => {
+            let ledger =
+                Ledger::parse(bytes, iqn).map_err(|problem| SourceError::LedgerInvalid {
+                    place: place.clone(),
+                    problem,
+                })?;
+            (ledger, true)
+        }
+        None => (Ledger::empty(iqn), false),
+    };
+    let mut others = Vec::new();
+    for other in store.fleet() {
+        match other
+            .bytes
+            .and_then(|bytes| Ledger::parse(&bytes, &other.target).map_err(|e| e.to_string()))
+        {
+            Ok(ledger) => others.push(ledger),
+            Err(problem) => log::warn!(
+                "the fleet's LUN ledger {} is ignored: {problem}",
+                crate::describe::printable(&other.place)
+            ),
+        }
+    }
+    log::debug!(
+        "LUN ledger {place}: {} ({} other target(s) under the prefix)",
+        if found { "read" } else { "none yet" },
+        others.len()
+    );
+    Ok(LedgerRead {
+        place,
+        ledger,
+        found,
+        version: stored.version,
+        fleet: fleet_numbers(&others),
+        fleet_targets: others.len(),
+    })
+}
+
+/// Opens the store the policy names, if any. `s3` is the run's bucket client.
+pub fn open(
+    policy: &Policy,
+    #[cfg(feature = "live")] s3: Option<std::rc::Rc<super::s3::S3Store>>,
+) -> Result<Option<Box<dyn LedgerStore>>, SourceError> {
+    Ok(match &policy.ledger {
+        None => None,
+        Some(LedgerPlace::File(path)) => Some(Box::new(FileLedger { path: path.clone() })),
+        #[cfg(feature = "live")]
+        Some(LedgerPlace::Bucket { prefix, key }) => {
+            let Some(store) = s3 else {
+                return Err(SourceError::NoLiveSources);
+            };
+            Some(Box::new(BucketLedger {
+                store,
+                bucket: policy.catalogue.bucket.clone(),
+                prefix: prefix.clone(),
+                key: key.clone(),
+            }))
+        }
+        #[cfg(not(feature = "live"))]
+        Some(LedgerPlace::Bucket { .. }) => return Err(SourceError::NoLiveSources),
+    })
+}
