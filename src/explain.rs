@@ -91,6 +91,9 @@ pub fn explain(policy: &Policy, snapshot: &Snapshot, plan: &Plan, query: &str) -
         }
         found.push(explanation);
     }
+    if found.is_empty() {
+        found.extend(from_ledger(policy, plan, query, key));
+    }
     if found.is_empty()
         && catalogue
             .pe_prefixes
@@ -111,6 +114,75 @@ pub fn explain(policy: &Policy, snapshot: &Snapshot, plan: &Plan, query: &str) -
             lun: None,
             action: None,
             verdict: "not in the catalogue".to_string(),
+        });
+    }
+    found
+}
+
+/// An image the catalogue no longer knows, as the LUN ledger remembers it.
+fn from_ledger(policy: &Policy, plan: &Plan, query: &str, key: &str) -> Vec<Explanation> {
+    let Some(ledger) = &plan.ledger else {
+        return Vec::new();
+    };
+    let url = policy.catalogue.url_for_key(key);
+    let mut found = Vec::new();
+    for (name, entry) in &ledger.entries {
+        let named = entry
+            .images
+            .iter()
+            .any(|i| i.id.as_deref() == Some(query) || i.name.as_deref() == Some(query));
+        if !named && entry.source != url {
+            continue;
+        }
+        let first = entry.images.first();
+        let projection = plan.projections.iter().find(|p| p.name == *name);
+        let at = crate::describe::local_time;
+        let mut detail = format!(
+            "not in the catalogue; the LUN ledger remembers it: LUN {}, first projected {}",
+            entry.lun,
+            at(entry.first_projected)
+        );
+        if let Some(since) = entry.unwanted_since {
+            let _ = write!(detail, ", unwanted since {}", at(since));
+        }
+        if let Some(removed) = entry.removed {
+            let _ = write!(detail, ", removed {}", at(removed));
+        }
+        let verdict = match projection {
+            Some(p) if p.removal_pending_until.is_some() => format!(
+                "LUN {} until {} (safety.removal_grace), then removed",
+                entry.lun,
+                at(p.removal_pending_until.unwrap_or_default())
+            ),
+            Some(p) if p.action == Action::Remove => {
+                format!("LUN {} now; the next run removes it", entry.lun)
+            }
+            Some(_) => format!("LUN {}", entry.lun),
+            None => "not projected".to_string(),
+        };
+        // The identity again from what the ledger kept, when that is enough.
+        let identity = match entry.kind {
+            Kind::Pe => Some(Identity::pe(&policy.catalogue.bucket, key)),
+            Kind::Rootfs => entry
+                .etag
+                .as_deref()
+                .map(|etag| Identity::rootfs(&entry.source, etag)),
+        }
+        .filter(|identity| identity.name == *name);
+        found.push(Explanation {
+            kind: entry.kind,
+            image_id: first.and_then(|i| i.id.clone()),
+            image_name: first.and_then(|i| i.name.clone()),
+            steps: vec![Step {
+                rule: "LUN ledger",
+                outcome: RuleOutcome::Fail,
+                detail,
+            }],
+            identity: identity.as_ref().map(IdentityReport::from),
+            projected: projection.is_some_and(|p| p.action != Action::Remove),
+            lun: Some(entry.lun),
+            action: projection.map(|p| p.action),
+            verdict,
         });
     }
     found

@@ -60,6 +60,12 @@ Prometheus metrics, when \fBmetrics.file\fR or \fB\-\-metrics\-file\fR names it.
 .TP
 .I /var/lib/cps\-local/boot\-images
 The s3fs mount of the bucket; LIO serves the image files from here (\fBcatalogue.mount\fR).
+.TP
+.I s3://boot\-images/sbps\-reconcile/luns/<iqn>.json
+The target's LUN ledger, which keeps every image's LUN number across runs, rebuilds and workers (\fBcatalogue.s3.ledger_prefix\fR, or a local file: \fBlio.ledger_file\fR). A ledger that cannot be read or used stops the run (exit 1, nothing touched); see LUN LEDGER in \fBsbps\-reconcile.policy\fR(5).
+.TP
+.I /var/lib/sbps\-reconcile/failures.json
+The plan that keeps failing, while runs back off from it (\fBlio.state_dir\fR; safe to delete).
 .SH EXAMPLES
 Plan without changing anything, as an operator would before enabling the timer:
 .PP

@@ -463,6 +463,28 @@ fn status_and_explain_name_a_lun_from_the_ledger_once_ims_forgot_it() {
         .expect(0)
         .json();
     assert_eq!(report["projections"][0]["image_name"], json!("cos-a"));
+    for query in ["a", "cos-a", "s3://boot-images/a/rootfs"] {
+        let explained = sandbox
+            .run(&["explain", query, "--output", "json"])
+            .expect(0)
+            .json();
+        let e = &explained[0];
+        assert_eq!(
+            e["steps"][0]["rule"],
+            json!("LUN ledger"),
+            "{query}: {explained:#}"
+        );
+        assert_eq!(e["lun"], json!(0));
+        assert_eq!(e["verdict"], json!("LUN 0 now; the next run removes it"));
+        assert_eq!(e["identity"]["name"], lun["name"]);
+        assert_eq!(e["identity"]["wwn"], lun["wwn"]);
+    }
+    let text = sandbox.run(&["explain", "cos-a"]).expect(0).stdout;
+    assert!(
+        text.contains("the LUN ledger remembers it: LUN 0"),
+        "{text}"
+    );
+    sandbox.run(&["explain", "never-was"]).expect(1);
 }
 
 // ---- the binary, ledger in a real bucket ----
