@@ -14,6 +14,8 @@
   e2e.py expect REPORT_JSON EXPR...        each Python expression (r = the report) holds
   e2e.py kept REPORT1 REPORT2              projections of run 1 kept in a later run have their LUN and identity
   e2e.py luns REPORT_JSON                  the LUN numbers the report leaves in place
+  e2e.py same REPORT1 REPORT2              every projection REPORT1 leaves in place is at the same LUN in REPORT2
+  e2e.py moved REPORT1 REPORT2             how many projections of REPORT1 are at another LUN in REPORT2
 """
 import hashlib
 import json
@@ -297,6 +299,30 @@ def kept(first_path, second_path):
     return 1 if bad else 0
 
 
+def in_place(report_path):
+    return {p["name"]: p for p in load(report_path)["projections"] if p["action"] != "remove"}
+
+
+def same(first_path, second_path):
+    first, second = in_place(first_path), in_place(second_path)
+    bad = 0
+    for name, p in sorted(first.items(), key=lambda kv: kv[1]["lun"]):
+        now = second.get(name)
+        ok = now is not None and now["lun"] == p["lun"]
+        bad += not ok
+        where = f"LUN {now['lun']}" if now else "nowhere"
+        print(f"  {'ok  ' if ok else 'FAIL'} {p['source']}: LUN {p['lun']} before, {where} now")
+    if not first:
+        print("  FAIL nothing in place")
+        bad += 1
+    return 1 if bad else 0
+
+
+def moved(first_path, second_path):
+    first, second = in_place(first_path), in_place(second_path)
+    print(sum(1 for name, p in first.items() if name in second and second[name]["lun"] != p["lun"]))
+
+
 def luns(report_path):
     print(" ".join(str(p["lun"]) for p in sorted(load(report_path)["projections"], key=lambda p: p["lun"])
                    if p["action"] != "remove"))
@@ -322,6 +348,10 @@ def main():
         return kept(args[1], args[2])
     elif args[:1] == ["luns"]:
         luns(args[1])
+    elif args[:1] == ["same"]:
+        return same(args[1], args[2])
+    elif args[:1] == ["moved"]:
+        moved(args[1], args[2])
     else:
         print(__doc__)
         return 2

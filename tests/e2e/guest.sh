@@ -14,6 +14,9 @@
 #   kill -9     runs killed part-way through an in-place apply; the next run converges
 #   restore     the same kind of add with `lio.apply: restore`, measured the same way
 #   clear       `targetctl clear` then `targetctl restore` of the file: the same LUNs
+#   rebuild     `targetctl clear` and saveconfig.json deleted: the run brings every image
+#               back under its LUN number from the ledger (kept outside /etc/target), and
+#               the initiator, its session recovered, reads the same content under each
 #   scale       100 LUNs added in place, timed against one restore of the same configuration
 S=/mnt/share
 M=/var/lib/cps-local/boot-images
@@ -68,6 +71,7 @@ lio:
   targetctl: /usr/local/sbin/targetctl-logged
   backup_dir: /etc/target/backup
   apply: $1
+  ledger_file: /var/lib/sbps-reconcile/luns.json
 catalogue:
   bucket: boot-images
   mount: $M
@@ -331,6 +335,36 @@ py managed /tmp/after-restore.json /tmp/before-clear.json $M $IQN || fail "clear
 recon >$S/report-adopt.json 2>/dev/null
 check "the tool adopts the restored target with no change" [ $? -eq 0 ]
 for _ in $(seq 1 30); do [ "$(session_state)" = LOGGED_IN ] && break; sleep 1; done
+
+step "rebuild: targetctl clear and saveconfig.json deleted; the ledger gives every LUN its number back"
+recon >$S/report-before-rebuild.json 2>/dev/null
+check "before the rebuild: nothing to change" [ $? -eq 0 ]
+check "the ledger is kept outside /etc/target" test -s /var/lib/sbps-reconcile/luns.json
+# What the same worker would do without its ledger: number from 0 in its own order.
+sed -e '/ledger_file:/d' -e 's#saveconfig: .*#saveconfig: /tmp/rebuilt-none.json#' \
+    -e 's#apply: .*#apply: configfs\n  configfs: /tmp/no-configfs#' $P >/tmp/policy-no-ledger.yaml
+sbps-reconcile --policy /tmp/policy-no-ledger.yaml --dry-run --output json >$S/report-no-ledger.json 2>/dev/null
+without=$(py moved $S/report-before-rebuild.json $S/report-no-ledger.json)
+metric rebuild_in_place_luns "$(py luns $S/report-before-rebuild.json | wc -w)"
+metric rebuild_renumbered_without_ledger "$without"
+check "without the ledger, a rebuild would renumber ($without LUN(s))" [ "${without:-0}" -gt 0 ]
+targetctl clear
+rm -f /etc/target/saveconfig.json
+check "rebuild: no LUN left" [ -z "$(ls /sys/kernel/config/target/iscsi/$IQN/tpgt_1/lun 2>/dev/null)" ]
+t0=$(now)
+recon >$S/report-rebuild.json 2>$S/run-rebuild.stderr
+rc=$?
+t1=$(now)
+check "rebuild run: exit 2" [ $rc -eq 2 ]
+metric rebuild_apply_seconds "$(awk "BEGIN{print $t1 - $t0}")"
+py expect $S/report-rebuild.json 'r["ledger"]["found"] is True' 'r["summary"]["keep"] == 0' \
+    'r["summary"]["add"] == len([p for p in r["projections"] if p["action"] == "add"]) > 0' \
+    || fail "rebuild report"
+py same $S/report-before-rebuild.json $S/report-rebuild.json || fail "every image is back under its LUN number"
+for _ in $(seq 1 60); do [ "$(session_state)" = LOGGED_IN ] && break; sleep 1; done
+check "the initiator's session recovered" [ "$(session_state)" = LOGGED_IN ]
+rescan
+py check $S/report-before-rebuild.json || fail "the initiator reads the same image content under every LUN number"
 
 step "scale: 100 LUNs added in place, against one restore of the same configuration"
 iscsiadm -m node -u >/dev/null 2>&1
