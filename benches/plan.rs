@@ -72,8 +72,8 @@ fn main() {
                 catalogue:\n  mount: /var/lib/cps-local/boot-images\n  ims:\n    file: /x\n";
     let (policy, _) = Policy::from_yaml(text, &HostFacts::from_hostname("ncn-w001")).unwrap();
     println!(
-        "{:>7} {:>12} {:>14} {:>12} {:>12}",
-        "images", "plan", "canonical", "diff", "no-op plan"
+        "{:>7} {:>12} {:>14} {:>12} {:>12} {:>12}",
+        "images", "plan", "canonical", "diff", "cold diff", "no-op plan"
     );
     for n in [1_000, 5_000] {
         let full = snapshot(n);
@@ -93,6 +93,14 @@ fn main() {
         let diff_time = time(3, || {
             sbps_reconcile::diff::unified(&current_text, &desired_text)
         });
+        let empty_text = SaveConfig::empty().to_canonical();
+        let cold_desired =
+            sbps_reconcile::plan::plan(&policy, &full, &SaveConfig::empty(), &Default::default())
+                .desired
+                .to_canonical();
+        let cold_diff_time = time(3, || {
+            sbps_reconcile::diff::unified(&empty_text, &cold_desired)
+        });
         let noop_time = time(5, || {
             sbps_reconcile::plan::plan(&policy, &full, &plan.desired, &Default::default())
         });
@@ -100,11 +108,12 @@ fn main() {
             !sbps_reconcile::plan::plan(&policy, &full, &plan.desired, &Default::default()).changed
         );
         println!(
-            "{:>7} {:>10.1}ms {:>12.1}ms {:>10.1}ms {:>10.1}ms",
+            "{:>7} {:>10.1}ms {:>12.1}ms {:>10.1}ms {:>10.1}ms {:>10.1}ms",
             n + n / 10,
             plan_time.as_secs_f64() * 1e3,
             canonical_time.as_secs_f64() * 1e3,
             diff_time.as_secs_f64() * 1e3,
+            cold_diff_time.as_secs_f64() * 1e3,
             noop_time.as_secs_f64() * 1e3
         );
     }

@@ -53,6 +53,11 @@ pub struct Cli {
     #[arg(long)]
     pub retry_now: bool,
 
+    /// How much of the saveconfig.json diff to print: auto (whole up to 2,000 lines, else
+    /// its size) or full.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = DiffMode::Auto)]
+    pub diff: DiffMode,
+
     /// Write Prometheus metrics (node_exporter textfile format) to PATH, also on a dry run.
     /// Without it, metrics.file from the policy is used for runs that are not dry runs.
     #[arg(long, value_name = "PATH")]
@@ -87,6 +92,16 @@ pub enum Command {
 pub enum Output {
     Text,
     Json,
+}
+
+/// How much of the diff a report holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DiffMode {
+    /// The whole diff up to `diff::MAX_SHOWN_LINES` lines, else its size.
+    #[default]
+    Auto,
+    /// The whole diff, however long.
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -3,6 +3,7 @@
 //! (`Projection`, `Skipped`) serialize to the contract's shape, so the report holds them as
 //! they are.
 
+use crate::cli::DiffMode;
 use crate::codes::named_enum;
 use crate::describe::printable;
 use crate::diff;
@@ -42,7 +43,13 @@ pub struct Report {
     pub kernel_changes: usize,
     pub backup: Option<String>,
     pub notes: Vec<String>,
+    /// The unified diff of saveconfig.json, or past 2,000 lines (without `--diff full`) a
+    /// line saying how large it is.
     pub diff: String,
+    /// Lines of the whole diff.
+    pub diff_lines: usize,
+    /// Whether `diff` holds the whole diff.
+    pub diff_complete: bool,
     pub error: Option<ErrorReport>,
     /// The target's LUN ledger, when the policy keeps one.
     pub ledger: Option<LedgerReport>,
@@ -114,6 +121,8 @@ impl Report {
             backup: None,
             notes: Vec::new(),
             diff: String::new(),
+            diff_lines: 0,
+            diff_complete: true,
             error: None,
             ledger: None,
         }
@@ -129,6 +138,7 @@ impl Report {
         running_read: bool,
         plan: &Plan,
         dry_run: bool,
+        diff_mode: DiffMode,
     ) -> Report {
         let mut report = Report::empty(dry_run);
         report.mode = Some(policy.catalogue.mode());
@@ -161,7 +171,17 @@ impl Report {
         report.skipped = plan.skipped.clone();
         report.target_changes = plan.target_changes.clone();
         report.lun_removals = plan.lun_removals;
-        report.diff = diff::unified(&current.to_canonical(), &plan.desired.to_canonical());
+        // A plan that changes nothing in the file has no diff to compute.
+        if plan.changed {
+            let shown = diff::shown(
+                &current.to_canonical(),
+                &plan.desired.to_canonical(),
+                diff_mode == DiffMode::Full,
+            );
+            report.diff = shown.text;
+            report.diff_lines = shown.lines;
+            report.diff_complete = shown.complete;
+        }
         report
     }
 

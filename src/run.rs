@@ -404,6 +404,7 @@ fn plan_and_report(
         running.is_some(),
         &plan,
         cli.dry_run,
+        cli.diff,
     );
     record.report.ledger = inputs.ledger.map(ledger_report);
     record.figures = Some(PlanFigures::of(&plan));

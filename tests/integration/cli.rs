@@ -114,6 +114,67 @@ fn text_report_lists_changes_skips_and_the_diff() {
 }
 
 #[test]
+fn a_long_diff_is_summed_up_unless_asked_for_whole() {
+    let sandbox = Sandbox::new();
+    let records: Vec<Value> = (0..120)
+        .map(|i| {
+            let id = format!("img-{i:03}");
+            sandbox.write(
+                &format!("mount/{id}/manifest.json"),
+                manifest(&format!("s3://boot-images/{id}/rootfs"), Some("e")),
+            );
+            sandbox.write(&format!("mount/{id}/rootfs"), &id);
+            json!({"id": id, "name": id, "metadata": {"sbps-project": "true"},
+                   "link": {"path": format!("s3://boot-images/{id}/manifest.json")}})
+        })
+        .collect();
+    sandbox.set_images(&records);
+    let report = sandbox
+        .run(&["--dry-run", "--output", "json"])
+        .expect(0)
+        .json();
+    let lines = report["diff_lines"].as_u64().unwrap();
+    assert!(lines > 2000, "{lines}");
+    assert_eq!(report["diff_complete"], json!(false));
+    let summary = report["diff"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!("The diff of saveconfig.json has {lines} lines (")),
+        "{summary}"
+    );
+    assert!(summary.contains("--diff full prints it"), "{summary}");
+    let text = sandbox.run(&["--dry-run"]).expect(0).stdout;
+    assert!(text.contains("not shown; --diff full prints it"), "{text}");
+
+    let whole = sandbox
+        .run(&["--dry-run", "--diff", "full", "--output", "json"])
+        .expect(0)
+        .json();
+    assert_eq!(whole["diff_complete"], json!(true));
+    let diff = whole["diff"].as_str().unwrap();
+    assert_eq!(diff.lines().count() as u64, lines);
+    assert!(
+        diff.starts_with("--- current\n+++ desired\n@@ -1,5 +1,"),
+        "{}",
+        &diff[..200]
+    );
+    // Every line of the applied file is in the diff, added.
+    sandbox.run(&[]).expect(0);
+    let saved = sandbox.read("etc/target/saveconfig.json").unwrap();
+    let added: Vec<&str> = diff
+        .lines()
+        .filter_map(|l| l.strip_prefix('+'))
+        .skip(1)
+        .collect();
+    let kept = saved.lines().filter(|l| !added.contains(l)).count();
+    assert!(kept <= 3, "{kept} lines of the file are not in the diff");
+    let report = sandbox.run(&["--output", "json"]).expect(0).json();
+    assert_eq!(
+        (report["diff"].as_str(), report["diff_lines"].as_u64()),
+        (Some(""), Some(0))
+    );
+}
+
+#[test]
 fn detailed_exitcode_says_whether_changes_are_pending() {
     let sandbox = two_images();
     sandbox.run(&["--dry-run", "--detailed-exitcode"]).expect(2);

@@ -38,7 +38,16 @@ fn golden_cases() {
         };
         let plan = plan(&policy, &snapshot, &current, &Default::default());
         let json = plan.desired.to_canonical();
-        let text = Report::of_plan(&policy, &snapshot, &current, false, &plan, true).to_text();
+        let text = Report::of_plan(
+            &policy,
+            &snapshot,
+            &current,
+            false,
+            &plan,
+            true,
+            Default::default(),
+        )
+        .to_text();
         if bless {
             fs::write(case.join("expected.json"), &json).unwrap();
             fs::write(case.join("expected.txt"), &text).unwrap();
