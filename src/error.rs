@@ -338,15 +338,16 @@ pub enum SourceError {
         #[source]
         problem: AnswerProblem,
     },
-    #[error("cannot list bucket {bucket} (page {page})")]
+    #[error("cannot list {place} (page {page})")]
     S3List {
-        bucket: String,
+        /// `bucket NAME`, or the `s3://` URL of a prefix.
+        place: String,
         page: usize,
         #[source]
         source: BoxError,
     },
-    #[error("listing bucket {bucket} did not end within {pages} pages")]
-    S3ListEndless { bucket: String, pages: usize },
+    #[error("listing {place} did not end within {pages} pages")]
+    S3ListEndless { place: String, pages: usize },
     #[error("SPIRE agent {}", agent.display())]
     SpireRun {
         agent: PathBuf,

@@ -361,6 +361,14 @@ pub struct S3Section {
     /// "" keeps none.
     #[serde(default = "default_ledger_prefix")]
     pub ledger_prefix: String,
+    /// How long a verified image (its manifest and rootfs seen with the same ETag) is
+    /// trusted before the whole bucket is listed and checked again. 0: every run.
+    #[serde(default = "default_verify_interval")]
+    pub verify_interval: DurationText,
+}
+
+fn default_verify_interval() -> DurationText {
+    DurationText::Text("1h".to_string())
 }
 
 /// The default home of the LUN ledgers in the bucket.
@@ -736,8 +744,10 @@ pub struct S3Settings {
     pub page_size: u32,
     pub concurrency: usize,
     pub retries: u32,
-    /// The manifest cache's directory, `None` for no cache.
+    /// The cache's directory, `None` for no cache.
     pub cache_dir: Option<PathBuf>,
+    /// How long verified images are trusted; zero: not at all.
+    pub verify_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1209,6 +1219,7 @@ fn check_s3(section: S3Section) -> Result<S3Settings, String> {
             dir if dir.is_absolute() => Some(dir),
             dir => return Err(format!("cache_dir {dir:?} is not an absolute path")),
         },
+        verify_interval: section.verify_interval.seconds("verify_interval")?,
     })
 }
 

@@ -118,8 +118,15 @@ impl LedgerStore for BucketLedger {
         format!("s3://{}/{}", self.bucket, self.key)
     }
 
+    /// The prefix is listed (once per run): a ledger whose ETag is the one cached is not
+    /// fetched again.
     fn read(&self) -> Result<Stored, BoxError> {
-        Ok(match self.store.get_object(&self.key, MAX_LEDGER_BYTES)? {
+        let listed = self.store.ledgers(&self.prefix)?;
+        let found = match listed.get(&self.key) {
+            Some(object) => self.store.ledger(&self.key, object, MAX_LEDGER_BYTES)?,
+            None => None,
+        };
+        Ok(match found {
             Some((bytes, etag)) => Stored {
                 bytes: Some(bytes),
                 version: Version::ETag(etag),
@@ -132,8 +139,8 @@ impl LedgerStore for BucketLedger {
     }
 
     fn fleet(&self) -> Vec<FleetLedger> {
-        let keys = match self.store.keys_under(&self.prefix) {
-            Ok(keys) => keys,
+        let listed = match self.store.ledgers(&self.prefix) {
+            Ok(listed) => listed,
             Err(e) => {
                 log::warn!(
                     "cannot list the fleet's LUN ledgers: {}",
@@ -142,17 +149,18 @@ impl LedgerStore for BucketLedger {
                 return Vec::new();
             }
         };
-        keys.into_iter()
-            .filter(|key| *key != self.key)
-            .filter_map(|key| {
+        listed
+            .iter()
+            .filter(|(key, _)| **key != self.key)
+            .filter_map(|(key, object)| {
                 let target = key.strip_prefix(&self.prefix)?.strip_suffix(".json")?;
                 // Only the prefix's own level: a folder below it is not a ledger.
-                (!target.contains('/')).then(|| (target.to_string(), key.clone()))
+                (!target.contains('/')).then(|| (target.to_string(), key, object))
             })
             .take(MAX_FLEET_LEDGERS)
-            .map(|(target, key)| FleetLedger {
+            .map(|(target, key, object)| FleetLedger {
                 place: format!("s3://{}/{key}", self.bucket),
-                bytes: match self.store.get_object(&key, MAX_LEDGER_BYTES) {
+                bytes: match self.store.ledger(key, object, MAX_LEDGER_BYTES) {
                     Ok(Some((bytes, _))) => Ok(bytes),
                     Ok(None) => Err("it is gone".to_string()),
                     Err(e) => Err(e.to_string()),

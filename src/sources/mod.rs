@@ -8,12 +8,12 @@ pub mod auth;
 #[cfg(feature = "live")]
 pub mod ims;
 pub mod ledger_store;
-#[cfg(feature = "live")]
-pub mod manifest_cache;
 pub mod mount;
 pub mod offline;
 #[cfg(feature = "live")]
 pub mod s3;
+#[cfg(feature = "live")]
+pub mod s3_cache;
 #[cfg(feature = "live")]
 pub mod tls;
 
@@ -22,7 +22,7 @@ use crate::error::SourceError;
 use crate::image::{parse_record, ImageEntry};
 use crate::policy::{ImsSource, Policy};
 use crate::s3path;
-use crate::snapshot::{ManifestRead, ObjectInfo, PeListing, Snapshot};
+use crate::snapshot::{ManifestRead, MountEntry, ObjectInfo, PeListing, Snapshot};
 use ledger_store::LedgerStore;
 use mount::Mount;
 use serde_json::Value;
@@ -48,6 +48,15 @@ pub trait ObjectStore {
     ) -> Result<Option<BTreeMap<String, ObjectInfo>>, SourceError>;
     /// Objects under a PE prefix.
     fn list(&self, prefix: &str) -> Result<PeListing, SourceError>;
+    /// Images whose rootfs object was found with its manifest's ETag, as (manifest key,
+    /// rootfs key): a store that remembers them need not check them again.
+    fn verified(&self, _images: &[(String, String)]) {}
+    /// The rootfs objects this run took from earlier verifications, by key.
+    fn trusted(&self) -> BTreeMap<String, ObjectInfo> {
+        BTreeMap::new()
+    }
+    /// Checks these images again, as if never verified.
+    fn distrust(&self, _manifest_keys: &BTreeSet<String>) {}
 }
 
 /// The sources a policy names.
@@ -85,6 +94,7 @@ pub fn open(policy: &Policy, deadline: Deadline) -> Result<Sources, SourceError>
             &catalogue.bucket,
             runtime,
             deadline,
+            &policy.target.iqn,
         )?)),
     };
     #[cfg(not(feature = "live"))]
@@ -125,6 +135,52 @@ fn live_runtime() -> Result<std::sync::Arc<tokio::runtime::Runtime>, SourceError
         .map_err(SourceError::Runtime)
 }
 
+/// Manifest keys of trusted images whose file in the mount is not the size it was verified
+/// with (or is gone).
+fn changed_since_verified(
+    manifests: &BTreeMap<String, ManifestRead>,
+    trusted: &BTreeMap<String, ObjectInfo>,
+    mut stat: impl FnMut(&str) -> MountEntry,
+    bucket: &str,
+) -> BTreeSet<String> {
+    if trusted.is_empty() {
+        return BTreeSet::new();
+    }
+    manifests
+        .iter()
+        .filter_map(|(manifest_key, read)| {
+            let ManifestRead::Rootfs(artifact) = read else {
+                return None;
+            };
+            let rootfs_key = artifact.key(bucket).ok()?;
+            let object = trusted.get(rootfs_key)?;
+            let same = matches!(stat(rootfs_key), MountEntry::File { size } if size == object.size);
+            (!same).then(|| manifest_key.clone())
+        })
+        .collect()
+}
+
+/// The images whose rootfs object S3 has with the manifest's ETag (rule 3), as (manifest
+/// key, rootfs key).
+fn verified(
+    manifests: &BTreeMap<String, ManifestRead>,
+    objects: &BTreeMap<String, ObjectInfo>,
+    bucket: &str,
+) -> Vec<(String, String)> {
+    manifests
+        .iter()
+        .filter_map(|(manifest_key, read)| {
+            let ManifestRead::Rootfs(artifact) = read else {
+                return None;
+            };
+            let rootfs_key = artifact.key(bucket).ok()?;
+            let object = objects.get(rootfs_key)?;
+            (object.etag == artifact.etag && object.size > 0)
+                .then(|| (manifest_key.clone(), rootfs_key.to_string()))
+        })
+        .collect()
+}
+
 /// Gathers a snapshot: the IMS records, the manifests of the images that pass the tag filter,
 /// the S3 facts and mount entries of their rootfs files, and the PE candidates. The mount
 /// is also asked about `also_stat` (the files of LUNs in place, for the removal grace).
@@ -151,9 +207,31 @@ pub fn collect(
         .map(str::to_owned)
         .collect();
     log::debug!("reading {} manifest(s)", manifest_keys.len());
-    let manifests = sources
+    let mut manifests = sources
         .store
         .manifests(&manifest_keys, catalogue.manifest_max_bytes);
+    // A verified image is trusted while the mount shows its file with the size it was
+    // verified with; one that changed there is checked again now.
+    let mut stats = BTreeMap::new();
+    let changed = changed_since_verified(
+        &manifests,
+        &sources.store.trusted(),
+        |key| {
+            stats
+                .entry(key.to_string())
+                .or_insert_with(|| sources.mount.stat(key))
+                .clone()
+        },
+        &catalogue.bucket,
+    );
+    if !changed.is_empty() {
+        log::debug!("{} verified image(s) changed in the mount", changed.len());
+        sources.store.distrust(&changed);
+        let again = sources
+            .store
+            .manifests(&changed, catalogue.manifest_max_bytes);
+        manifests.extend(again);
+    }
 
     let mut pe_objects = Vec::new();
     let mut pe_unreadable = BTreeMap::new();
@@ -174,12 +252,20 @@ pub fn collect(
         .map(str::to_owned)
         .collect();
     let objects = sources.store.objects(&rootfs_keys)?;
+    if let Some(objects) = &objects {
+        sources
+            .store
+            .verified(&verified(&manifests, objects, &catalogue.bucket));
+    }
     let mount = rootfs_keys
         .iter()
         .chain(pe_objects.iter().map(|object| &object.key))
         .chain(also_stat)
         .filter(|key| s3path::check_key(key).is_ok())
-        .map(|key| (key.clone(), sources.mount.stat(key)))
+        .map(|key| {
+            let entry = stats.remove(key).unwrap_or_else(|| sources.mount.stat(key));
+            (key.clone(), entry)
+        })
         .collect();
     Ok(Snapshot {
         images,

@@ -7,7 +7,7 @@
 //! profile or instance-metadata lookups.
 
 use super::ledger_store::{Version, Written};
-use super::manifest_cache::ManifestCache;
+use super::s3_cache::{S3Cache, Verified};
 use super::{tls, ObjectStore};
 use crate::deadline::Deadline;
 use crate::error::{BoxError, SourceError};
@@ -26,6 +26,8 @@ use aws_smithy_runtime_api::client::http::{
 use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_types::body::SdkBody;
+use sha2::Digest;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -38,30 +40,84 @@ const MAX_PAGES: usize = 100_000;
 /// their own, smaller limit before they are fetched).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
+/// How a run reads the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// The whole bucket is listed and every image checked: there is no cache, or the last
+    /// full verification is older than `catalogue.s3.verify_interval`.
+    Full,
+    /// Verified images are trusted; only what changes is listed (the PE prefixes, the
+    /// ledgers) and the folder of each image not verified yet.
+    Incremental,
+}
+
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
     settings: S3Settings,
     runtime: Arc<Runtime>,
     deadline: Deadline,
+    reading: Reading,
+    /// Unix time of the run.
+    now: u64,
+    /// The whole bucket but `deleted/`, listed once (full reading).
     listing: OnceLock<BTreeMap<String, ObjectInfo>>,
+    /// Prefixes listed this run, by prefix (incremental reading).
+    prefixes: RefCell<BTreeMap<String, BTreeMap<String, ObjectInfo>>>,
+    /// Rootfs objects of verified images this run trusts, by key.
+    trusted: RefCell<BTreeMap<String, ObjectInfo>>,
+    /// Manifest keys this run asked for: the cache keeps these only.
+    requested: RefCell<BTreeSet<String>>,
+    cache: RefCell<S3Cache>,
+    /// The cache as loaded, to write it only when it changed.
+    loaded: S3Cache,
 }
 
 impl S3Store {
+    /// `host` makes the full verification of each host fall at its own time.
     pub fn new(
         settings: &S3Settings,
         bucket: &str,
         runtime: Arc<Runtime>,
         deadline: Deadline,
+        host: &str,
     ) -> Result<S3Store, SourceError> {
+        let origin = format!("{} {bucket}", settings.endpoint);
+        let cache = match &settings.cache_dir {
+            Some(dir) => S3Cache::load(dir, &origin),
+            None => S3Cache::new(&origin),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let reading = reading(settings, &cache, now, host);
+        log::debug!(
+            "S3: {} reading ({} verified image(s) in the cache)",
+            match reading {
+                Reading::Full => "full",
+                Reading::Incremental => "incremental",
+            },
+            cache.verified_len()
+        );
         Ok(S3Store {
             client: client(settings, deadline)?,
             bucket: bucket.to_string(),
             settings: settings.clone(),
             runtime,
             deadline,
+            reading,
+            now,
             listing: OnceLock::new(),
+            prefixes: RefCell::new(BTreeMap::new()),
+            trusted: RefCell::new(BTreeMap::new()),
+            requested: RefCell::new(BTreeSet::new()),
+            loaded: cache.clone(),
+            cache: RefCell::new(cache),
         })
+    }
+
+    pub fn reading(&self) -> Reading {
+        self.reading
     }
 
     /// The whole bucket but `deleted/`, listed once per run.
@@ -69,13 +125,141 @@ impl S3Store {
         if let Some(listing) = self.listing.get() {
             return Ok(listing);
         }
-        let listing = self.runtime.block_on(list_bucket(
+        let listing = self.runtime.block_on(list_objects(
             &self.client,
             &self.bucket,
+            "",
             self.settings.page_size,
             self.deadline,
         ))?;
         Ok(self.listing.get_or_init(|| listing))
+    }
+
+    /// The objects under `prefix`: from the whole listing (full reading), else listed once
+    /// per run.
+    pub fn objects_under(&self, prefix: &str) -> Result<BTreeMap<String, ObjectInfo>, SourceError> {
+        if self.reading == Reading::Full {
+            return Ok(self
+                .listing()?
+                .range(prefix.to_string()..)
+                .take_while(|(key, _)| key.starts_with(prefix))
+                .map(|(key, object)| (key.clone(), object.clone()))
+                .collect());
+        }
+        self.list_prefixes(&BTreeSet::from([prefix.to_string()]))?;
+        Ok(self
+            .prefixes
+            .borrow()
+            .get(prefix)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Lists the prefixes not listed yet this run, `concurrency` at a time.
+    fn list_prefixes(&self, wanted: &BTreeSet<String>) -> Result<(), SourceError> {
+        let missing: Vec<String> = {
+            let listed = self.prefixes.borrow();
+            wanted
+                .iter()
+                .filter(|p| !listed.contains_key(*p))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        log::debug!("listing {} prefix(es)", missing.len());
+        let listed = self.runtime.block_on(async {
+            let permits = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency));
+            let mut tasks = tokio::task::JoinSet::new();
+            for prefix in missing {
+                let permits = permits.clone();
+                let client = self.client.clone();
+                let bucket = self.bucket.clone();
+                let (page_size, deadline) = (self.settings.page_size, self.deadline);
+                tasks.spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let objects =
+                        list_objects(&client, &bucket, &prefix, page_size, deadline).await;
+                    (prefix, objects)
+                });
+            }
+            let mut done = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                if let Ok(outcome) = joined {
+                    done.push(outcome);
+                }
+            }
+            done
+        });
+        let mut prefixes = self.prefixes.borrow_mut();
+        for (prefix, objects) in listed {
+            prefixes.insert(prefix, objects?);
+        }
+        Ok(())
+    }
+
+    /// What S3 says of one object: from the whole listing, or from its folder's.
+    fn object(&self, key: &str) -> Result<Option<ObjectInfo>, SourceError> {
+        if let Some(object) = self.trusted.borrow().get(key) {
+            return Ok(Some(object.clone()));
+        }
+        let folder = folder_of(key);
+        Ok(self.objects_under(&folder)?.get(key).cloned())
+    }
+
+    /// The cache, written into `cache_dir` when this run changed it.
+    fn save_cache(&self) {
+        let cache = self.cache.borrow();
+        if let Some(dir) = self
+            .settings
+            .cache_dir
+            .as_deref()
+            .filter(|_| *cache != self.loaded)
+        {
+            cache.save(dir);
+        }
+    }
+}
+
+impl Drop for S3Store {
+    /// The cache is written once, when the run is done with the bucket (a run that is
+    /// killed loses only a shortcut).
+    fn drop(&mut self) {
+        self.save_cache();
+    }
+}
+
+/// Full reading when there is no cache to trust, or its last full verification is older
+/// than the interval (plus up to a tenth of it, fixed per host, so that a fleet does not
+/// list the bucket at the same moment).
+fn reading(settings: &S3Settings, cache: &S3Cache, now: u64, host: &str) -> Reading {
+    let interval = settings.verify_interval.as_secs();
+    let Some(last) = cache
+        .full_verification
+        .filter(|_| settings.cache_dir.is_some())
+    else {
+        return Reading::Full;
+    };
+    if interval == 0 {
+        return Reading::Full;
+    }
+    let digest = sha2::Sha224::digest(host.as_bytes());
+    let spread = u64::from(u16::from_be_bytes([digest[0], digest[1]]));
+    let jitter = interval / 10 * spread / u64::from(u16::MAX);
+    if now.saturating_sub(last) >= interval + jitter || last > now {
+        Reading::Full
+    } else {
+        Reading::Incremental
+    }
+}
+
+/// The prefix that lists an object with its neighbours: its folder (`<id>/` for an IMS
+/// image), or the key itself at the top of the bucket.
+fn folder_of(key: &str) -> String {
+    match key.rsplit_once('/') {
+        Some((folder, _)) => format!("{folder}/"),
+        None => key.to_string(),
     }
 }
 
@@ -144,18 +328,25 @@ pub fn client(
     Ok(aws_sdk_s3::Client::from_conf(config))
 }
 
-async fn list_bucket(
+/// Every object under `prefix` ("" for the whole bucket) but `deleted/`, page by page.
+async fn list_objects(
     client: &aws_sdk_s3::Client,
     bucket: &str,
+    prefix: &str,
     page_size: u32,
     deadline: Deadline,
 ) -> Result<BTreeMap<String, ObjectInfo>, SourceError> {
     let mut objects = BTreeMap::new();
     let mut token: Option<String> = None;
+    let place = if prefix.is_empty() {
+        format!("bucket {bucket}")
+    } else {
+        format!("s3://{bucket}/{prefix}")
+    };
     for page in 1..=MAX_PAGES {
         if deadline.passed() {
             return Err(SourceError::Deadline {
-                what: format!("listing bucket {bucket} (page {page})"),
+                what: format!("listing {place} (page {page})"),
                 deadline: deadline.total(),
             });
         }
@@ -163,11 +354,14 @@ async fn list_bucket(
             .list_objects_v2()
             .bucket(bucket)
             .max_keys(i32::try_from(page_size).unwrap_or(1000));
+        if !prefix.is_empty() {
+            request = request.prefix(prefix);
+        }
         if let Some(token) = token.take() {
             request = request.continuation_token(token);
         }
         let answer = request.send().await.map_err(|e| SourceError::S3List {
-            bucket: bucket.to_string(),
+            place: place.clone(),
             page,
             source: Box::new(e),
         })?;
@@ -190,13 +384,16 @@ async fn list_bucket(
         match (answer.is_truncated(), answer.next_continuation_token()) {
             (Some(true), Some(next)) if !next.is_empty() => token = Some(next.to_string()),
             _ => {
-                log::debug!("listed {} object(s) in {page} page(s)", objects.len());
+                log::debug!(
+                    "listed {} object(s) of {place} in {page} page(s)",
+                    objects.len()
+                );
                 return Ok(objects);
             }
         }
     }
     Err(SourceError::S3ListEndless {
-        bucket: bucket.to_string(),
+        place,
         pages: MAX_PAGES,
     })
 }
@@ -233,27 +430,37 @@ async fn get_manifest(
 impl ObjectStore for S3Store {
     fn manifests(&self, keys: &BTreeSet<String>, max_bytes: u64) -> BTreeMap<String, ManifestRead> {
         let mut reads = BTreeMap::new();
-        let listing = match self.listing() {
-            Ok(listing) => Some(listing),
-            Err(e) => {
-                log::warn!("{}", crate::error::chain(&e));
-                None
+        self.requested.borrow_mut().extend(keys.iter().cloned());
+        // Incremental reading: a verified image needs no request at all.
+        let mut unverified = Vec::new();
+        {
+            let cache = self.cache.borrow();
+            let mut trusted = self.trusted.borrow_mut();
+            for key in keys {
+                match cache
+                    .verified(key)
+                    .filter(|_| self.reading == Reading::Incremental)
+                {
+                    Some((read, verified)) => {
+                        reads.insert(key.clone(), read.clone());
+                        trusted.insert(verified.rootfs_key.clone(), verified.rootfs.clone());
+                    }
+                    None => unverified.push(key),
+                }
             }
-        };
-        let origin = format!("{} {}", self.settings.endpoint, self.bucket);
-        let mut cache = match &self.settings.cache_dir {
-            Some(dir) => ManifestCache::load(dir, &origin),
-            None => ManifestCache::new(&origin),
-        };
+        }
+        if self.reading == Reading::Incremental {
+            let folders = unverified.iter().map(|key| folder_of(key)).collect();
+            if let Err(e) = self.list_prefixes(&folders) {
+                log::warn!("{}", crate::error::chain(&e));
+            }
+        }
         // What the listing already rules out, or the cache already holds, needs no GET.
         let mut fetch = Vec::new();
-        // What this run saw, to be cached: entries of deleted images go.
-        let mut current = ManifestCache::new(&origin);
-        for key in keys {
+        for key in unverified {
             let url = format!("s3://{}/{key}", self.bucket);
-            let listed = listing.map(|l| l.get(key));
-            match listed {
-                Some(None) => {
+            match self.object(key) {
+                Ok(None) => {
                     reads.insert(
                         key.clone(),
                         ManifestRead::Skip(SkipReason::new(
@@ -262,7 +469,7 @@ impl ObjectStore for S3Store {
                         )),
                     );
                 }
-                Some(Some(object)) if object.size > max_bytes => {
+                Ok(Some(object)) if object.size > max_bytes => {
                     reads.insert(
                         key.clone(),
                         ManifestRead::Skip(SkipReason::new(
@@ -275,19 +482,21 @@ impl ObjectStore for S3Store {
                         )),
                     );
                 }
-                Some(Some(object)) => match cache.take(key, &object.etag) {
+                Ok(Some(object)) => match self.cache.borrow().manifest(key, &object.etag) {
                     Some(read) => {
                         reads.insert(key.clone(), read.clone());
-                        current.insert(key.clone(), object.etag.clone(), read);
                     }
-                    None => fetch.push((key.clone(), Some(object.etag.clone()))),
+                    None => fetch.push((key.clone(), Some(object.etag))),
                 },
-                None => fetch.push((key.clone(), None)),
+                Err(e) => {
+                    log::warn!("{}", crate::error::chain(&e));
+                    fetch.push((key.clone(), None));
+                }
             }
         }
         log::debug!(
             "{} manifest(s) from the cache; fetching {}, {} at a time",
-            current.len(),
+            reads.len(),
             fetch.len(),
             self.settings.concurrency
         );
@@ -315,14 +524,12 @@ impl ObjectStore for S3Store {
             }
             done
         });
+        let mut cache = self.cache.borrow_mut();
         for (key, read, etag) in fetched {
             if let Some(etag) = etag {
-                current.insert(key.clone(), etag, read.clone());
+                cache.insert_manifest(key.clone(), etag, read.clone());
             }
             reads.insert(key, read);
-        }
-        if let Some(dir) = &self.settings.cache_dir {
-            current.save(dir);
         }
         for key in keys {
             reads.entry(key.clone()).or_insert_with(|| {
@@ -339,23 +546,33 @@ impl ObjectStore for S3Store {
         &self,
         keys: &BTreeSet<String>,
     ) -> Result<Option<BTreeMap<String, ObjectInfo>>, SourceError> {
-        let listing = self.listing()?;
-        Ok(Some(
-            keys.iter()
-                .filter_map(|key| Some((key.clone(), listing.get(key)?.clone())))
-                .collect(),
-        ))
+        if self.reading == Reading::Incremental {
+            let trusted = self.trusted.borrow();
+            let folders = keys
+                .iter()
+                .filter(|key| !trusted.contains_key(*key))
+                .map(|key| folder_of(key))
+                .collect();
+            drop(trusted);
+            self.list_prefixes(&folders)?;
+        }
+        let mut found = BTreeMap::new();
+        for key in keys {
+            if let Some(object) = self.object(key)? {
+                found.insert(key.clone(), object);
+            }
+        }
+        Ok(Some(found))
     }
 
     fn list(&self, prefix: &str) -> Result<PeListing, SourceError> {
         let objects = self
-            .listing()?
-            .range(prefix.to_string()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
+            .objects_under(prefix)?
+            .into_iter()
             .map(|(key, object)| PeObject {
-                key: key.clone(),
+                key,
                 size: object.size,
-                etag: Some(object.etag.clone()),
+                etag: Some(object.etag),
             })
             .collect();
         Ok(PeListing {
@@ -363,13 +580,86 @@ impl ObjectStore for S3Store {
             unreadable: BTreeMap::new(),
         })
     }
+
+    fn trusted(&self) -> BTreeMap<String, ObjectInfo> {
+        self.trusted.borrow().clone()
+    }
+
+    fn distrust(&self, manifest_keys: &BTreeSet<String>) {
+        let mut cache = self.cache.borrow_mut();
+        let mut trusted = self.trusted.borrow_mut();
+        for key in manifest_keys {
+            if let Some((_, verified)) = cache.verified(key) {
+                trusted.remove(&verified.rootfs_key);
+            }
+            cache.forget_verified(key);
+        }
+    }
+
+    fn verified(&self, images: &[(String, String)]) {
+        let mut cache = self.cache.borrow_mut();
+        // What this run's catalogue no longer names goes.
+        let requested = self.requested.borrow();
+        cache.retain(&|key| requested.contains(key));
+        for (manifest_key, rootfs_key) in images {
+            // A verified image keeps the time it was first verified.
+            if cache.verified(manifest_key).is_some() && self.reading == Reading::Incremental {
+                continue;
+            }
+            let Ok(Some(rootfs)) = self.object(rootfs_key) else {
+                continue;
+            };
+            cache.insert_verified(
+                manifest_key.clone(),
+                Verified {
+                    rootfs_key: rootfs_key.clone(),
+                    rootfs,
+                    at: self.now,
+                },
+            );
+        }
+        if self.reading == Reading::Full && self.listing.get().is_some() {
+            cache.full_verification = Some(self.now);
+        }
+    }
 }
 
 /// Where the run's LUN ledger and the fleet's are kept in the bucket.
 impl S3Store {
-    /// An object's bytes and ETag (as the server sent it), `None` when there is no such
-    /// object; one larger than `limit` is an error.
-    pub fn get_object(&self, key: &str, limit: u64) -> Result<Option<(Vec<u8>, String)>, BoxError> {
+    /// The ledgers under `prefix`, with their ETags.
+    pub fn ledgers(&self, prefix: &str) -> Result<BTreeMap<String, ObjectInfo>, SourceError> {
+        let ledgers = self.objects_under(prefix)?;
+        self.cache
+            .borrow_mut()
+            .retain_ledgers(&|key| ledgers.contains_key(key));
+        Ok(ledgers)
+    }
+
+    /// A ledger's bytes, from the cache when its ETag is the one listed, else GET (at most
+    /// `limit` bytes). Returns the bytes and the ETag they were read at.
+    pub fn ledger(
+        &self,
+        key: &str,
+        listed: &ObjectInfo,
+        limit: u64,
+    ) -> Result<Option<(Vec<u8>, String)>, BoxError> {
+        if let Some(bytes) = self.cache.borrow().ledger(key, &listed.etag) {
+            return Ok(Some((bytes.as_bytes().to_vec(), listed.etag.clone())));
+        }
+        let Some((bytes, etag)) = self.get_object(key, limit)? else {
+            return Ok(None);
+        };
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            self.cache
+                .borrow_mut()
+                .insert_ledger(key.to_string(), etag.clone(), text.to_string());
+        }
+        Ok(Some((bytes, etag)))
+    }
+
+    /// An object's bytes and ETag (quotes stripped), `None` when there is no such object;
+    /// one larger than `limit` is an error.
+    fn get_object(&self, key: &str, limit: u64) -> Result<Option<(Vec<u8>, String)>, BoxError> {
         self.runtime.block_on(async {
             let answer = match self
                 .client
@@ -389,7 +679,11 @@ impl S3Store {
             if length.is_some_and(|l| l > limit) {
                 return Err(format!("it is larger than the {limit}-byte limit").into());
             }
-            let etag = answer.e_tag().unwrap_or_default().to_string();
+            let etag = answer
+                .e_tag()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string();
             let bytes = answer.body.collect().await?.into_bytes();
             if bytes.len() as u64 > limit {
                 return Err(format!("it is larger than the {limit}-byte limit").into());
@@ -410,11 +704,21 @@ impl S3Store {
             .body(bytes.to_vec().into());
         request = match version {
             Version::Absent => request.if_none_match("*"),
-            Version::ETag(etag) => request.if_match(etag),
+            Version::ETag(etag) => request.if_match(format!("\"{}\"", etag.trim_matches('"'))),
             Version::Bytes(_) => return Err("an object has no byte version".into()),
         };
         match self.runtime.block_on(request.send()) {
-            Ok(_) => Ok(Written::Written),
+            Ok(answer) => {
+                // The next run finds it in the cache, by the ETag the listing will show.
+                if let (Some(etag), Ok(text)) = (answer.e_tag(), std::str::from_utf8(bytes)) {
+                    self.cache.borrow_mut().insert_ledger(
+                        key.to_string(),
+                        etag.trim_matches('"').to_string(),
+                        text.to_string(),
+                    );
+                }
+                Ok(Written::Written)
+            }
             // 412: changed since it was read; 404 with If-Match: deleted since; 409: another
             // conditional write is in flight.
             Err(e)
@@ -428,16 +732,6 @@ impl S3Store {
             }
             Err(e) => Err(DisplayErrorContext(e).to_string().into()),
         }
-    }
-
-    /// Keys under `prefix`, from the run's one listing.
-    pub fn keys_under(&self, prefix: &str) -> Result<Vec<String>, SourceError> {
-        Ok(self
-            .listing()?
-            .range(prefix.to_string()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, _)| key.clone())
-            .collect())
     }
 }
 

@@ -532,8 +532,8 @@ fn s3_listing_pages_etags_and_the_mount_decide_what_is_projected() {
         .filter(|r| r.method == "GET" && !r.target.contains("list-type=2"))
         .map(|r| r.target.split('?').next().unwrap_or_default())
         .partition(|t| t.contains("/sbps-reconcile/luns/"));
-    // The LUN ledger (a dry run reads it, and writes nothing).
-    assert_eq!(ledger_gets.len(), 1, "{ledger_gets:?}");
+    // No LUN ledger yet, as the listing shows: nothing to GET (and a dry run writes none).
+    assert!(ledger_gets.is_empty(), "{ledger_gets:?}");
     assert!(!requests.iter().any(|r| r.method == "PUT"), "{requests:#?}");
     assert_eq!(
         gets.len(),
@@ -670,7 +670,7 @@ fn unchanged_manifests_are_not_fetched_again() {
         .expect(0)
         .json();
     assert_eq!(manifest_gets(&live.s3), 2);
-    assert!(live.sandbox.path("cache/manifests.json").exists());
+    assert!(live.sandbox.path("cache/s3-cache.json").exists());
 
     // Nothing new: the listing and no manifest GET, and the same plan.
     live.s3.proxy.clear();
@@ -704,7 +704,7 @@ fn unchanged_manifests_are_not_fetched_again() {
         .any(|p| p["etag"] == json!(etag)));
 
     // A corrupt cache is ignored (and rewritten), never an error.
-    live.sandbox.write("cache/manifests.json", "{ corrupt");
+    live.sandbox.write("cache/s3-cache.json", "{ corrupt");
     live.s3.proxy.clear();
     live.sandbox.run(&["--dry-run"]).expect(0);
     assert_eq!(manifest_gets(&live.s3), 2);
@@ -772,4 +772,127 @@ fn no_retry_outlives_the_run_deadline() {
     // 0.5 s after the first failure, 1 s after the second: past the 1 s deadline.
     assert_eq!(*count.lock().unwrap(), 2, "{}", run.describe());
     assert_eq!(run.json()["error"]["kind"], json!("source"));
+}
+
+/// The S3 requests of a run, by kind: listings by prefix ("" for the whole bucket), and
+/// GETs and PUTs by key.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct S3Requests {
+    listings: Vec<String>,
+    gets: Vec<String>,
+    puts: Vec<String>,
+}
+
+fn s3_requests(live: &Live) -> S3Requests {
+    let bucket = format!("/{}", live.s3.bucket);
+    let mut found = S3Requests::default();
+    for r in live.s3.proxy.requests() {
+        let (path, query) = r.target.split_once('?').unwrap_or((&r.target, ""));
+        let key = path
+            .strip_prefix(&bucket)
+            .unwrap_or(path)
+            .trim_start_matches('/');
+        if query.contains("list-type=2") {
+            let prefix = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("prefix="))
+                .unwrap_or("")
+                .replace("%2F", "/");
+            found.listings.push(prefix);
+        } else if r.method == "GET" {
+            found.gets.push(key.to_string());
+        } else if r.method == "PUT" {
+            found.puts.push(key.to_string());
+        }
+    }
+    found.listings.sort();
+    found.gets.sort();
+    found
+}
+
+#[test]
+fn verified_images_are_trusted_and_only_what_changes_is_listed() {
+    let Some(live) = Live::new(1000) else { return };
+    for id in ["a", "b"] {
+        live.image(id, format!("rootfs {id}\n").as_bytes());
+    }
+    live.pe("PE/pe-1.squashfs", b"pe one\n");
+    let run = |args: &[&str]| {
+        live.s3.proxy.clear();
+        let report = live.sandbox.run(args).expect(0).json();
+        (report, s3_requests(&live))
+    };
+    // No cache: the whole bucket is listed and every image checked.
+    let (first, requests) = run(&["--output", "json"]);
+    assert_eq!(requests.listings, [""], "{requests:?}");
+    assert_eq!(requests.gets, ["a/manifest.json", "b/manifest.json"]);
+    assert_eq!(first["summary"]["add"], json!(3));
+
+    // Nothing new: the PE prefix and the ledgers are listed; nothing is fetched.
+    let (second, requests) = run(&["--output", "json"]);
+    assert_eq!(
+        requests,
+        S3Requests {
+            listings: vec!["PE/".into(), "sbps-reconcile/luns/".into()],
+            gets: vec![],
+            puts: vec![],
+        }
+    );
+    assert_eq!(second["changed"], json!(false));
+    let identities = |report: &Value| -> Vec<(Value, Value, Value)> {
+        report["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["lun"].clone(), p["wwn"].clone(), p["etag"].clone()))
+            .collect()
+    };
+    assert_eq!(identities(&second), identities(&first));
+
+    // A new image: its folder is listed and its manifest fetched, nothing else.
+    live.image("c", b"rootfs c\n");
+    let (third, requests) = run(&["--output", "json"]);
+    assert_eq!(requests.listings, ["PE/", "c/", "sbps-reconcile/luns/"]);
+    assert_eq!(requests.gets, ["c/manifest.json"]);
+    assert_eq!(third["summary"]["add"], json!(1));
+
+    // A file that changed in the mount is checked again at once: here S3 has the old
+    // object, so the image is skipped (and its LUN goes) rather than served at another size.
+    live.sandbox
+        .write("mount/b/rootfs", "rootfs b, but longer\n");
+    let (fourth, requests) = run(&["--dry-run", "--allow-removals", "--output", "json"]);
+    assert_eq!(requests.listings, ["PE/", "b/", "sbps-reconcile/luns/"]);
+    assert!(
+        requests.gets.is_empty(),
+        "the manifest is cached by its ETag"
+    );
+    assert_eq!(
+        codes(&fourth).get("b").map(String::as_str),
+        Some("size_mismatch")
+    );
+    live.sandbox.write("mount/b/rootfs", "rootfs b\n");
+
+    // Past the interval the whole bucket is verified again: here the rootfs of a was
+    // replaced behind the mount's back (same size), which only S3's ETag tells.
+    live.s3.put("a/rootfs", b"rootfs A\n");
+    let (_, requests) = run(&["--dry-run", "--output", "json"]);
+    assert!(!requests.listings.contains(&String::new()), "{requests:?}");
+    let path = live.sandbox.path("cache/s3-cache.json");
+    let mut cache: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let verified_at = cache["full_verification"].as_u64().unwrap();
+    cache["full_verification"] = json!(verified_at - 2 * 3600);
+    fs::write(&path, cache.to_string()).unwrap();
+    let (fifth, requests) = run(&["--dry-run", "--allow-removals", "--output", "json"]);
+    assert_eq!(requests.listings, [""], "{requests:?}");
+    assert_eq!(
+        codes(&fifth).get("a").map(String::as_str),
+        Some("etag_mismatch")
+    );
+
+    // verify_interval: 0 lists the whole bucket every run.
+    let catalogue = live.catalogue_for(&live.sandbox, 1000);
+    live.sandbox
+        .write_policy_with("", 10, &format!("{catalogue}    verify_interval: 0\n"));
+    let (_, requests) = run(&["--dry-run", "--allow-removals", "--output", "json"]);
+    assert_eq!(requests.listings, [""], "{requests:?}");
 }

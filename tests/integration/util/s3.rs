@@ -64,6 +64,7 @@ impl S3Fixture {
             concurrency: 4,
             retries: 2,
             cache_dir: None,
+            verify_interval: Duration::ZERO,
         };
         let deadline = sbps_reconcile::deadline::Deadline::after(Duration::from_secs(600));
         let client = sbps_reconcile::sources::s3::client(&settings, deadline).unwrap();
