@@ -18,6 +18,7 @@ pub fn backup(
     stamp: &str,
 ) -> Result<Option<PathBuf>, FileError> {
     crate::fsio::create_private_dir(dir)?;
+    remove_leftover_temps(dir);
     let existing = list_backups(dir)?;
     if let Some(newest) = existing.last() {
         if read_backup(newest).is_some_and(|bytes| bytes == current) {
@@ -39,6 +40,25 @@ pub fn backup(
         }
     }
     Ok(Some(path))
+}
+
+/// Removes the temporary files of backups that a killed run left half written. Each backup
+/// has its own name, so each such file would stay for ever; the run lock says no other run
+/// is writing one now.
+fn remove_leftover_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let is_temp = entry.file_name().to_str().is_some_and(|name| {
+            name.starts_with(".saveconfig-") && name.ends_with(".sbps-reconcile.tmp")
+        });
+        if is_temp {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                log::warn!("cannot remove {}: {e}", entry.path().display());
+            }
+        }
+    }
 }
 
 /// Backups by name, oldest first (the timestamp in the name sorts in time order).
@@ -107,5 +127,19 @@ mod tests {
         backup(&sub, 3, b"one", "20260101-00:00:01").unwrap();
         let mode = fs::metadata(&sub).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn half_written_backups_of_killed_runs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let left = dir
+            .path()
+            .join(".saveconfig-20260101-00:00:01-json.gz.sbps-reconcile.tmp");
+        fs::write(&left, b"half").unwrap();
+        let other = dir.path().join("notes.txt");
+        fs::write(&other, b"mine").unwrap();
+        backup(dir.path(), 3, b"one", "20260101-00:00:02").unwrap();
+        assert!(!left.exists());
+        assert!(other.exists(), "files that are not ours stay");
     }
 }
