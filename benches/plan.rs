@@ -72,8 +72,8 @@ fn main() {
                 catalogue:\n  mount: /var/lib/cps-local/boot-images\n  ims:\n    file: /x\n";
     let (policy, _) = Policy::from_yaml(text, &HostFacts::from_hostname("ncn-w001")).unwrap();
     println!(
-        "{:>7} {:>12} {:>14} {:>12} {:>12} {:>12}",
-        "images", "plan", "canonical", "diff", "cold diff", "no-op plan"
+        "{:>7} {:>12} {:>14} {:>12} {:>12} {:>12} {:>14}",
+        "images", "plan", "canonical", "diff", "cold diff", "no-op plan", "with ledger"
     );
     for n in [1_000, 5_000] {
         let full = snapshot(n);
@@ -107,14 +107,29 @@ fn main() {
         assert!(
             !sbps_reconcile::plan::plan(&policy, &full, &plan.desired, &Default::default()).changed
         );
+        // The same no-op with the target's LUN ledger, as a live run plans it.
+        let empty = sbps_reconcile::ledger::Ledger::empty(&policy.target.iqn);
+        let with_ledger = |ledger| sbps_reconcile::plan::Context {
+            ledger: Some(ledger),
+            now: 1_000_000,
+            ..Default::default()
+        };
+        let ledger =
+            sbps_reconcile::plan::plan(&policy, &full, &plan.desired, &with_ledger(&empty))
+                .ledger
+                .unwrap();
+        let ledger_time = time(5, || {
+            sbps_reconcile::plan::plan(&policy, &full, &plan.desired, &with_ledger(&ledger))
+        });
         println!(
-            "{:>7} {:>10.1}ms {:>12.1}ms {:>10.1}ms {:>10.1}ms {:>10.1}ms",
+            "{:>7} {:>10.1}ms {:>12.1}ms {:>10.1}ms {:>10.1}ms {:>10.1}ms {:>12.1}ms",
             n + n / 10,
             plan_time.as_secs_f64() * 1e3,
             canonical_time.as_secs_f64() * 1e3,
             diff_time.as_secs_f64() * 1e3,
             cold_diff_time.as_secs_f64() * 1e3,
-            noop_time.as_secs_f64() * 1e3
+            noop_time.as_secs_f64() * 1e3,
+            ledger_time.as_secs_f64() * 1e3
         );
     }
 }

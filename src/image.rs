@@ -18,12 +18,47 @@ use std::collections::BTreeMap;
 pub const MAX_ANSWER_BYTES: u64 = 32 * 1024 * 1024;
 
 /// The IMS answer (`GET /v3/images`, or a saved copy of it) must be a JSON array; its
-/// elements are parsed one by one by [`parse_record`].
-pub fn parse_answer(bytes: &[u8]) -> Result<Vec<Value>, AnswerProblem> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Array(records)) => Ok(records),
-        Ok(other) => Err(AnswerProblem::NotAnArray(describe(&other))),
-        Err(e) => Err(AnswerProblem::NotJson(e)),
+/// elements are parsed one by one by [`parse_record`], as they are read: one record's JSON
+/// tree at a time, not the whole answer's.
+pub fn parse_answer(bytes: &[u8]) -> Result<Vec<ImageEntry>, AnswerProblem> {
+    let starts_an_array = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[');
+    if !starts_an_array {
+        return match serde_json::from_slice::<Value>(bytes) {
+            Ok(other) => Err(AnswerProblem::NotAnArray(describe(&other))),
+            Err(e) => Err(AnswerProblem::NotJson(e)),
+        };
+    }
+    serde_json::from_slice::<Records>(bytes)
+        .map(|records| records.0)
+        .map_err(AnswerProblem::NotJson)
+}
+
+/// The entries of an IMS answer, each parsed as soon as its element is read.
+struct Records(Vec<ImageEntry>);
+
+impl<'de> Deserialize<'de> for Records {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Records;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON array of images")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Records, A::Error> {
+                let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(value) = seq.next_element::<Value>()? {
+                    entries.push(parse_record(&value));
+                }
+                Ok(Records(entries))
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
     }
 }
 

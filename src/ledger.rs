@@ -133,9 +133,16 @@ impl Ledger {
     /// hand. What initiators hold wins, so each served LUN is taken as it is, and an entry
     /// that claims the same index for another identity is marked removed.
     pub fn reconciled(mut self, served: &[Served], now: u64) -> Ledger {
+        let mut live_at: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for (name, entry) in self.entries.iter().filter(|(_, e)| e.is_live()) {
+            live_at.entry(entry.lun).or_default().push(name.clone());
+        }
         for lun in served {
-            for (name, entry) in self.entries.iter_mut() {
-                if entry.lun == lun.lun && entry.is_live() && *name != lun.name {
+            for name in live_at.get(&lun.lun).into_iter().flatten() {
+                let Some(entry) = self.entries.get_mut(name) else {
+                    continue;
+                };
+                if *name != lun.name && entry.lun == lun.lun {
                     entry.removed = Some(now);
                     entry.unwanted_since.get_or_insert(now);
                 }
@@ -191,8 +198,8 @@ impl Ledger {
     }
 
     /// The ledger a plan leaves at `now`: every projection placed, kept, pending or removed.
-    pub fn after(&self, plan: &Plan, now: u64) -> Ledger {
-        let mut next = self.clone();
+    pub fn after(self, plan: &Plan, now: u64) -> Ledger {
+        let mut next = self;
         for p in &plan.projections {
             let Some(lun) = p.lun else { continue };
             let previous = next.entries.get(&p.name).cloned();

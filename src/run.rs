@@ -603,9 +603,17 @@ fn write_stdout(text: &str) -> Exit {
 
 /// Prints the report in the requested format.
 fn print(report: &Report, output: Output) {
-    let text = match output {
-        Output::Json => report.to_json(),
-        Output::Text => report.to_text(),
-    };
-    let _ = write_stdout(&text);
+    match output {
+        // Written as it is encoded: at 5,000 images the document is megabytes.
+        Output::Json => {
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            // A closed pipe (`| head`) is not worth a panic.
+            let _ = serde_json::to_writer_pretty(&mut stdout, report);
+            let _ = stdout.write_all(b"\n");
+            let _ = stdout.flush();
+        }
+        Output::Text => {
+            let _ = write_stdout(&report.to_text());
+        }
+    }
 }

@@ -4,9 +4,8 @@
 use super::{auth, tls, ImageList};
 use crate::deadline::{backoff, Deadline};
 use crate::error::SourceError;
-use crate::image::parse_answer;
+use crate::image::{parse_answer, ImageEntry};
 use crate::policy::ImsHttp;
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Runtime;
@@ -106,7 +105,7 @@ fn transient(error: &SourceError) -> bool {
 }
 
 impl ImageList for ImsClient {
-    fn records(&self) -> Result<Vec<Value>, SourceError> {
+    fn records(&self) -> Result<Vec<ImageEntry>, SourceError> {
         // The token is fetched (or re-read) on every run, and never logged.
         let token = auth::token(&self.settings.auth, &self.deadline)?;
         let url = &self.settings.url;

@@ -19,21 +19,20 @@ pub mod tls;
 
 use crate::deadline::Deadline;
 use crate::error::SourceError;
-use crate::image::{parse_record, ImageEntry};
+use crate::image::ImageEntry;
 use crate::policy::{ImsSource, Policy};
 use crate::s3path;
 use crate::snapshot::{ManifestRead, MountEntry, ObjectInfo, PeListing, Snapshot};
 use ledger_store::LedgerStore;
 use mount::Mount;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 /// Where the IMS image list comes from.
 pub trait ImageList {
-    /// The records of `GET /v3/images`. An answer that is not a JSON array is an error (the
-    /// run changes nothing); odd records inside it are not.
-    fn records(&self) -> Result<Vec<Value>, SourceError>;
+    /// The records of `GET /v3/images`, each parsed. An answer that is not a JSON array is
+    /// an error (the run changes nothing); odd records inside it are not.
+    fn records(&self) -> Result<Vec<ImageEntry>, SourceError>;
 }
 
 /// Where manifests and object facts come from.
@@ -194,7 +193,7 @@ pub fn collect(
     // LUN (the old agent un-projected everything during an s3fs outage).
     sources.mount.check_root(catalogue.require_mountpoint)?;
 
-    let images: Vec<ImageEntry> = sources.images.records()?.iter().map(parse_record).collect();
+    let images: Vec<ImageEntry> = sources.images.records()?;
 
     let manifest_keys: BTreeSet<String> = images
         .iter()

@@ -5,10 +5,9 @@
 use super::mount::Mount;
 use super::{ImageList, ObjectStore};
 use crate::error::{ReadError, SourceError};
-use crate::image::parse_answer;
+use crate::image::{parse_answer, ImageEntry};
 use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::{ManifestRead, ObjectInfo, PeListing};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -18,7 +17,7 @@ pub struct ImsFile {
 }
 
 impl ImageList for ImsFile {
-    fn records(&self) -> Result<Vec<Value>, SourceError> {
+    fn records(&self) -> Result<Vec<ImageEntry>, SourceError> {
         let bytes = crate::fsio::read_regular(&self.path, crate::image::MAX_ANSWER_BYTES).map_err(
             |source| SourceError::Read {
                 what: "IMS file",

@@ -69,8 +69,6 @@ pub struct S3Store {
     /// Manifest keys this run asked for: the cache keeps these only.
     requested: RefCell<BTreeSet<String>>,
     cache: RefCell<S3Cache>,
-    /// The cache as loaded, to write it only when it changed.
-    loaded: S3Cache,
 }
 
 impl S3Store {
@@ -111,7 +109,6 @@ impl S3Store {
             prefixes: RefCell::new(BTreeMap::new()),
             trusted: RefCell::new(BTreeMap::new()),
             requested: RefCell::new(BTreeSet::new()),
-            loaded: cache.clone(),
             cache: RefCell::new(cache),
         })
     }
@@ -215,7 +212,7 @@ impl S3Store {
             .settings
             .cache_dir
             .as_deref()
-            .filter(|_| *cache != self.loaded)
+            .filter(|_| cache.changed())
         {
             cache.save(dir);
         }
@@ -236,7 +233,7 @@ impl Drop for S3Store {
 fn reading(settings: &S3Settings, cache: &S3Cache, now: u64, host: &str) -> Reading {
     let interval = settings.verify_interval.as_secs();
     let Some(last) = cache
-        .full_verification
+        .full_verification()
         .filter(|_| settings.cache_dir.is_some())
     else {
         return Reading::Full;
@@ -619,7 +616,7 @@ impl ObjectStore for S3Store {
             );
         }
         if self.reading == Reading::Full && self.listing.get().is_some() {
-            cache.full_verification = Some(self.now);
+            cache.set_full_verification(self.now);
         }
     }
 }

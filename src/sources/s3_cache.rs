@@ -19,14 +19,14 @@ const CACHE_FILE: &str = "s3-cache.json";
 /// The largest cache file read: far above 20,000 images.
 const MAX_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
-#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct S3Cache {
     version: u32,
     /// The endpoint and bucket the entries came from; another is another cache.
     origin: String,
     /// Unix time of the last run that listed the whole bucket.
     #[serde(default)]
-    pub full_verification: Option<u64>,
+    full_verification: Option<u64>,
     #[serde(default)]
     manifests: BTreeMap<String, CachedManifest>,
     /// Verified images, by manifest key.
@@ -35,9 +35,12 @@ pub struct S3Cache {
     /// Ledgers, by key.
     #[serde(default)]
     ledgers: BTreeMap<String, CachedObject>,
+    /// Whether this run changed anything (then it is written back).
+    #[serde(skip)]
+    changed: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct CachedManifest {
     etag: String,
     read: ManifestRead,
@@ -93,7 +96,25 @@ impl S3Cache {
     }
 
     pub fn insert_manifest(&mut self, key: String, etag: String, read: ManifestRead) {
-        self.manifests.insert(key, CachedManifest { etag, read });
+        let entry = CachedManifest { etag, read };
+        if self.manifests.get(&key) != Some(&entry) {
+            self.manifests.insert(key, entry);
+            self.changed = true;
+        }
+    }
+
+    pub fn full_verification(&self) -> Option<u64> {
+        self.full_verification
+    }
+
+    pub fn set_full_verification(&mut self, at: u64) {
+        self.full_verification = Some(at);
+        self.changed = true;
+    }
+
+    /// Whether anything changed since it was loaded.
+    pub fn changed(&self) -> bool {
+        self.changed
     }
 
     /// A verified image: its manifest, and its rootfs object as S3 had it.
@@ -104,11 +125,14 @@ impl S3Cache {
     }
 
     pub fn forget_verified(&mut self, manifest_key: &str) {
-        self.verified.remove(manifest_key);
+        self.changed |= self.verified.remove(manifest_key).is_some();
     }
 
     pub fn insert_verified(&mut self, manifest_key: String, verified: Verified) {
-        self.verified.insert(manifest_key, verified);
+        if self.verified.get(&manifest_key) != Some(&verified) {
+            self.verified.insert(manifest_key, verified);
+            self.changed = true;
+        }
     }
 
     pub fn ledger(&self, key: &str, etag: &str) -> Option<&str> {
@@ -119,19 +143,27 @@ impl S3Cache {
     }
 
     pub fn insert_ledger(&mut self, key: String, etag: String, bytes: String) {
-        self.ledgers.insert(key, CachedObject { etag, bytes });
+        let entry = CachedObject { etag, bytes };
+        if self.ledgers.get(&key) != Some(&entry) {
+            self.ledgers.insert(key, entry);
+            self.changed = true;
+        }
     }
 
     /// Keeps the manifests and verified images of `keys` only (what this run's catalogue
     /// still names).
     pub fn retain(&mut self, keys: &dyn Fn(&str) -> bool) {
+        let before = (self.manifests.len(), self.verified.len());
         self.manifests.retain(|key, _| keys(key));
         self.verified.retain(|key, _| keys(key));
+        self.changed |= before != (self.manifests.len(), self.verified.len());
     }
 
     /// Keeps the ledgers of `keys` only (those still in the bucket).
     pub fn retain_ledgers(&mut self, keys: &dyn Fn(&str) -> bool) {
+        let before = self.ledgers.len();
         self.ledgers.retain(|key, _| keys(key));
+        self.changed |= before != self.ledgers.len();
     }
 
     pub fn manifests_len(&self) -> usize {

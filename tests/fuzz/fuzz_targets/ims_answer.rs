@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sbps_reconcile::image::{parse_answer, parse_record, ImageEntry, Selector, Untagged};
+use sbps_reconcile::image::{parse_answer, ImageEntry, Selector, Untagged};
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(records) = parse_answer(bytes) else {
@@ -13,8 +13,8 @@ fuzz_target!(|bytes: &[u8]| {
         metadata: [("sbps-project".to_string(), "true".to_string())].into(),
         untagged: Untagged::Project,
     };
-    for value in &records {
-        if let ImageEntry::Valid(record) = parse_record(value) {
+    for entry in &records {
+        if let ImageEntry::Valid(record) = entry {
             assert!(!record.id.is_empty());
             let _ = selector.check(&record);
             let _ = record.manifest_key("boot-images");
