@@ -42,6 +42,7 @@ fn snapshot(n: usize) -> Snapshot {
             key: key.clone(),
             size: 1 << 28,
             etag: None,
+            mtime: None,
         });
         snapshot
             .mount

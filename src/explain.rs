@@ -5,10 +5,11 @@
 use crate::identity::Identity;
 use crate::image::ImageEntry;
 use crate::plan::rules::{
-    is_pe_image, pe_candidate, rootfs_candidate, RuleOutcome, Step, Trace, RULE_KEY,
+    kind_of_key, object_candidate, rootfs_candidate, source_of, RuleOutcome, Step, Trace, RULE_KEY,
 };
 use crate::plan::{Action, ImageRef, Kind, Plan};
 use crate::policy::Policy;
+use crate::prefix_source::IdentityRule;
 use crate::snapshot::Snapshot;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -61,7 +62,7 @@ pub fn explain(policy: &Policy, snapshot: &Snapshot, plan: &Plan, query: &str) -
     for object in snapshot.pe_objects.iter().filter(|o| o.key == key) {
         let mut trace = Trace::default();
         let mut explanation = Explanation {
-            kind: Kind::Pe,
+            kind: kind_of_key(catalogue, &object.key),
             image_id: None,
             image_name: Some(object.key.clone()),
             steps: Vec::new(),
@@ -71,45 +72,56 @@ pub fn explain(policy: &Policy, snapshot: &Snapshot, plan: &Plan, query: &str) -
             action: None,
             verdict: String::new(),
         };
-        if !is_pe_image(object) {
-            explanation.steps.push(Step {
-                rule: RULE_KEY,
-                outcome: RuleOutcome::Fail,
-                detail: "a folder marker or an empty object is not an image".to_string(),
-            });
-            explanation.verdict = "not an image".to_string();
-        } else {
-            let result = pe_candidate(catalogue, snapshot, object, &mut trace);
-            explanation.steps = trace.0;
-            let identity = Identity::pe(&catalogue.bucket, &object.key);
-            conclude(
-                &mut explanation,
-                plan,
-                &identity,
-                result.err().map(|s| s.reason.to_string()),
-            );
+        match source_of(catalogue, object) {
+            Err(why) => {
+                explanation.steps.push(Step {
+                    rule: RULE_KEY,
+                    outcome: RuleOutcome::Fail,
+                    detail: why.to_string(),
+                });
+                explanation.verdict = "not an image".to_string();
+            }
+            Ok(source) => {
+                let result = object_candidate(catalogue, snapshot, source, object, &mut trace);
+                explanation.steps = trace.0;
+                match result {
+                    Ok(candidate) => conclude(&mut explanation, plan, &candidate.identity, None),
+                    Err(skip) => {
+                        // The identity, when the rule could make one, for the operator.
+                        if let Some(made) = source.identity_of(&catalogue.bucket, object) {
+                            conclude(
+                                &mut explanation,
+                                plan,
+                                &made.identity,
+                                Some(skip.reason.to_string()),
+                            );
+                        } else {
+                            explanation.verdict = format!("skipped: {}", skip.reason);
+                        }
+                    }
+                }
+            }
         }
         found.push(explanation);
     }
     if found.is_empty() {
         found.extend(from_ledger(policy, plan, query, key));
     }
-    if found.is_empty()
-        && catalogue
-            .pe_prefixes
-            .iter()
-            .any(|p| key.starts_with(p.as_str()))
-    {
+    let source = catalogue.source_for_key(key);
+    if let (true, Some(source)) = (found.is_empty(), source) {
+        // Only the PE rule can name an object that is not there.
+        let identity = (source.identity == IdentityRule::Key)
+            .then(|| IdentityReport::from(&Identity::pe(&catalogue.bucket, key)));
         found.push(Explanation {
-            kind: Kind::Pe,
+            kind: kind_of_key(catalogue, key),
             image_id: None,
             image_name: Some(key.to_string()),
             steps: vec![Step {
                 rule: RULE_KEY,
                 outcome: RuleOutcome::Fail,
-                detail: format!("no object {key} under the PE prefixes"),
+                detail: format!("no object {key} under the prefix {}", source.prefix),
             }],
-            identity: Some(IdentityReport::from(&Identity::pe(&catalogue.bucket, key))),
+            identity,
             projected: false,
             lun: None,
             action: None,
@@ -163,7 +175,7 @@ fn from_ledger(policy: &Policy, plan: &Plan, query: &str, key: &str) -> Vec<Expl
         // The identity again from what the ledger kept, when that is enough.
         let identity = match entry.kind {
             Kind::Pe => Some(Identity::pe(&policy.catalogue.bucket, key)),
-            Kind::Rootfs => entry
+            Kind::Rootfs | Kind::Object => entry
                 .etag
                 .as_deref()
                 .map(|etag| Identity::rootfs(&entry.source, etag)),

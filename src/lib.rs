@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod plan;
 pub mod policy;
+pub mod prefix_source;
 pub mod process;
 pub mod progress;
 pub mod report;

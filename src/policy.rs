@@ -3,6 +3,7 @@
 
 use crate::error::Error;
 use crate::image::{Selector, Untagged};
+use crate::prefix_source::{check_glob, IdentityRule, PrefixSource};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -195,9 +196,14 @@ pub struct CatalogueSection {
     pub s3: Option<S3Section>,
     #[serde(default = "default_mount")]
     pub mount: PathBuf,
-    pub ims: ImsSection,
+    /// IMS; without it the catalogue has no rootfs images (a bucket of plain objects, as
+    /// OpenCHAMI's image-builder writes, is projected through `prefix_sources`).
+    pub ims: Option<ImsSection>,
     #[serde(default)]
     pub pe: PeSection,
+    /// Objects projected by key prefix and glob, each source with its identity rule.
+    #[serde(default)]
+    pub prefix_sources: Vec<PrefixSourceSection>,
     /// Manifests larger than this are skipped as unreadable.
     #[serde(default = "default_manifest_max_bytes")]
     pub manifest_max_bytes: u64,
@@ -415,6 +421,19 @@ impl Default for SelectSection {
     }
 }
 
+/// One entry of `catalogue.prefix_sources`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixSourceSection {
+    pub prefix: String,
+    /// `key` (the PE contract) or `key+etag` (as a rootfs: new bytes, new identity).
+    pub identity: String,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeSection {
@@ -515,23 +534,26 @@ impl PolicyFile {
         resolve(&mut self.lio.state_dir);
         resolve(&mut self.lio.ledger_file);
         resolve(&mut self.catalogue.mount);
-        let ims = &mut self.catalogue.ims;
-        for path in [&mut ims.file, &mut ims.ca_bundle].into_iter().flatten() {
-            resolve(path);
-        }
-        match &mut ims.auth {
-            Some(AuthSection::TokenFile(path)) => resolve(path),
-            Some(AuthSection::Spire(spire)) => {
-                resolve(&mut spire.agent);
-                resolve(&mut spire.socket);
+        if let Some(ims) = &mut self.catalogue.ims {
+            for path in [&mut ims.file, &mut ims.ca_bundle].into_iter().flatten() {
+                resolve(path);
             }
-            Some(AuthSection::None) | None => {}
+            match &mut ims.auth {
+                Some(AuthSection::TokenFile(path)) => resolve(path),
+                Some(AuthSection::Spire(spire)) => {
+                    resolve(&mut spire.agent);
+                    resolve(&mut spire.socket);
+                }
+                Some(AuthSection::None) | None => {}
+            }
         }
         if let Some(file) = &mut self.metrics.file {
             resolve(file);
         }
         if let Some(s3) = &mut self.catalogue.s3 {
-            resolve(&mut s3.credentials_file);
+            if s3.credentials_file != Path::new(ANONYMOUS) {
+                resolve(&mut s3.credentials_file);
+            }
             resolve(&mut s3.cache_dir);
             if let Some(ca) = &mut s3.ca_bundle {
                 resolve(ca);
@@ -657,9 +679,11 @@ pub struct Catalogue {
     pub s3: Option<S3Settings>,
     /// The s3fs mount, without a trailing slash.
     pub mount: PathBuf,
-    pub ims: ImsSource,
+    /// `None`: no IMS, so no rootfs images.
+    pub ims: Option<ImsSource>,
     pub select: Selector,
-    pub pe_prefixes: Vec<String>,
+    /// The PE prefixes (identity by key) first, then `prefix_sources`; no two nested.
+    pub sources: Vec<PrefixSource>,
     pub manifest_max_bytes: u64,
     pub require_mountpoint: bool,
 }
@@ -681,6 +705,17 @@ impl Catalogue {
     /// The `s3://` URL of an object key.
     pub fn url_for_key(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// The prefix source an object key lies under.
+    pub fn source_for_key(&self, key: &str) -> Option<&PrefixSource> {
+        self.sources.iter().find(|s| key.starts_with(&s.prefix))
+    }
+
+    /// Every prefix source's prefix, for messages.
+    pub fn prefixes(&self) -> String {
+        let all: Vec<&str> = self.sources.iter().map(|s| s.prefix.as_str()).collect();
+        all.join(", ")
     }
 
     /// `live` when objects come from S3, `offline` when the mount stands in for the bucket.
@@ -738,7 +773,7 @@ pub struct Spire {
 pub struct S3Settings {
     pub endpoint: String,
     pub region: String,
-    pub credentials_file: PathBuf,
+    pub credentials: S3Credentials,
     pub tls: TlsSettings,
     pub timeout: Duration,
     pub page_size: u32,
@@ -749,6 +784,18 @@ pub struct S3Settings {
     /// How long verified images are trusted; zero: not at all.
     pub verify_interval: Duration,
 }
+
+/// How S3 requests are signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Credentials {
+    /// The s3fs credentials file (`ACCESS_KEY_ID:SECRET_KEY`).
+    File(PathBuf),
+    /// `credentials_file: none`: unsigned requests, for a public bucket.
+    Anonymous,
+}
+
+/// The `credentials_file` value that asks for unsigned requests.
+pub const ANONYMOUS: &str = "none";
 
 #[derive(Debug, Clone)]
 pub struct Safety {
@@ -878,13 +925,14 @@ fn check_ledger(
     if prefix.starts_with(DELETED_PREFIX) {
         return problem(format!("{prefix:?} lies under {DELETED_PREFIX:?}"));
     }
-    // A ledger listed as a PE image would be projected.
-    if let Some(pe) = catalogue
-        .pe_prefixes
-        .iter()
-        .find(|pe| prefix.starts_with(pe.as_str()) || pe.starts_with(prefix.as_str()))
-    {
-        return problem(format!("{prefix:?} overlaps the PE prefix {pe:?}"));
+    // A ledger listed under a prefix source would be projected.
+    if let Some(source) = catalogue.sources.iter().find(|source| {
+        prefix.starts_with(source.prefix.as_str()) || source.prefix.starts_with(prefix.as_str())
+    }) {
+        return problem(format!(
+            "{prefix:?} overlaps the prefix source {:?}",
+            source.prefix
+        ));
     }
     let key = format!("{prefix}{iqn}.json");
     crate::s3path::check_key(&key).map_err(|e| format!("catalogue: s3: ledger_prefix: {e}"))?;
@@ -1081,10 +1129,20 @@ fn check_lio(section: LioSection) -> Result<LioSettings, String> {
 pub const DELETED_PREFIX: &str = "deleted/";
 
 fn check_catalogue(section: CatalogueSection) -> Result<Catalogue, String> {
-    let select = Selector {
-        metadata: section.ims.select.metadata.clone(),
-        untagged: section.ims.select.untagged,
-    };
+    let select = section
+        .ims
+        .as_ref()
+        .map(|ims| Selector {
+            metadata: ims.select.metadata.clone(),
+            untagged: ims.select.untagged,
+        })
+        .unwrap_or_else(|| {
+            let default = SelectSection::default();
+            Selector {
+                metadata: default.metadata,
+                untagged: default.untagged,
+            }
+        });
     let bucket = section.bucket;
     let bucket_ok = (3..=63).contains(&bucket.len())
         && bucket
@@ -1108,27 +1166,36 @@ fn check_catalogue(section: CatalogueSection) -> Result<Catalogue, String> {
             "mount {mount_text:?} holds a character a fileio device path cannot carry"
         ));
     }
-    let ims = check_ims(section.ims).map_err(|e| format!("ims: {e}"))?;
+    let ims = section
+        .ims
+        .map(check_ims)
+        .transpose()
+        .map_err(|e| format!("ims: {e}"))?;
     let s3 = section
         .s3
         .map(check_s3)
         .transpose()
         .map_err(|e| format!("s3: {e}"))?;
-    let mut pe_prefixes = Vec::new();
+    let mut sources: Vec<PrefixSource> = Vec::new();
     for prefix in section.pe.prefixes {
-        if prefix.starts_with(DELETED_PREFIX) {
+        check_prefix(&prefix).map_err(|e| format!("pe.prefixes: {e}"))?;
+        sources.push(PrefixSource::pe(prefix));
+    }
+    for (at, entry) in section.prefix_sources.into_iter().enumerate() {
+        let source =
+            check_prefix_source(entry).map_err(|e| format!("prefix_sources[{at}]: {e}"))?;
+        sources.push(source);
+    }
+    // An object under two sources would have two identities, and two LUNs.
+    for (at, source) in sources.iter().enumerate() {
+        if let Some(other) = sources.iter().skip(at + 1).find(|other| {
+            other.prefix.starts_with(&source.prefix) || source.prefix.starts_with(&other.prefix)
+        }) {
             return Err(format!(
-                "pe.prefixes: {prefix:?} lies under {DELETED_PREFIX:?}, where IMS moves deleted objects"
+                "the prefixes {:?} and {:?} overlap: an object under both would be projected twice",
+                source.prefix, other.prefix
             ));
         }
-        if prefix.is_empty() || prefix.starts_with('/') || !prefix.ends_with('/') {
-            return Err(format!(
-                "pe.prefixes: {prefix:?} must be a relative key prefix ending in '/', like \"PE/\""
-            ));
-        }
-        crate::s3path::check_key(prefix.trim_end_matches('/'))
-            .map_err(|e| format!("pe.prefixes: {e}"))?;
-        pe_prefixes.push(prefix);
     }
     if section.manifest_max_bytes == 0 {
         return Err("manifest_max_bytes must be positive".to_string());
@@ -1139,9 +1206,43 @@ fn check_catalogue(section: CatalogueSection) -> Result<Catalogue, String> {
         mount: PathBuf::from(trimmed),
         ims,
         select,
-        pe_prefixes,
+        sources,
         manifest_max_bytes: section.manifest_max_bytes,
         require_mountpoint: section.require_mountpoint,
+    })
+}
+
+/// A prefix of PE or of a prefix source: relative, ending in '/', outside `deleted/`.
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.starts_with(DELETED_PREFIX) {
+        return Err(format!(
+            "{prefix:?} lies under {DELETED_PREFIX:?}, where IMS moves deleted objects"
+        ));
+    }
+    if prefix.is_empty() || prefix.starts_with('/') || !prefix.ends_with('/') {
+        return Err(format!(
+            "{prefix:?} must be a relative key prefix ending in '/', like \"PE/\""
+        ));
+    }
+    crate::s3path::check_key(prefix.trim_end_matches('/')).map_err(|e| e.to_string())
+}
+
+fn check_prefix_source(section: PrefixSourceSection) -> Result<PrefixSource, String> {
+    check_prefix(&section.prefix).map_err(|e| format!("prefix: {e}"))?;
+    let identity = IdentityRule::parse(&section.identity).ok_or_else(|| {
+        format!(
+            "identity: {:?} is neither \"key\" (the PE contract) nor \"key+etag\" (new bytes, new identity)",
+            section.identity
+        )
+    })?;
+    for glob in section.include.iter().chain(&section.exclude) {
+        check_glob(glob)?;
+    }
+    Ok(PrefixSource {
+        prefix: section.prefix,
+        identity,
+        include: section.include,
+        exclude: section.exclude,
     })
 }
 
@@ -1205,7 +1306,11 @@ fn check_s3(section: S3Section) -> Result<S3Settings, String> {
     Ok(S3Settings {
         endpoint: section.endpoint.trim_end_matches('/').to_string(),
         region: section.region,
-        credentials_file: section.credentials_file,
+        credentials: if section.credentials_file == Path::new(ANONYMOUS) {
+            S3Credentials::Anonymous
+        } else {
+            S3Credentials::File(section.credentials_file)
+        },
         tls: TlsSettings {
             ca_bundle: section.ca_bundle,
             insecure: section.insecure,
@@ -1307,7 +1412,10 @@ catalogue:
         assert_eq!(policy.target.attributes.get("generate_node_acls"), Some(&1));
         assert_eq!(policy.target.portals[1].ip_address(), "[fd00::10]");
         assert_eq!(policy.catalogue.bucket, "boot-images");
-        assert_eq!(policy.catalogue.pe_prefixes, vec!["PE/".to_string()]);
+        assert_eq!(
+            policy.catalogue.sources,
+            vec![PrefixSource::pe("PE/".to_string())]
+        );
         assert_eq!(policy.safety.max_removals, 10);
         assert_eq!(
             policy.lio.targetcli_lock.as_deref(),
@@ -1371,6 +1479,34 @@ catalogue:
     }
 
     #[test]
+    fn a_catalogue_without_ims_projects_prefix_sources() {
+        let text = "
+target:
+  portals: [\"10.0.0.1:3260\"]
+catalogue:
+  pe: {prefixes: []}
+  prefix_sources:
+    - {prefix: compute/, identity: key+etag, include: [\"*\"], exclude: [\"*.img\"]}
+    - {prefix: PE/, identity: key}
+  s3: {endpoint: \"http://127.0.0.1:9000\", credentials_file: none}
+";
+        let (policy, _) = Policy::from_yaml(text, &host()).unwrap();
+        let catalogue = &policy.catalogue;
+        assert!(catalogue.ims.is_none());
+        assert_eq!(catalogue.sources.len(), 2);
+        let compute = catalogue.source_for_key("compute/base/rocky9").unwrap();
+        assert_eq!(compute.identity, IdentityRule::KeyEtag);
+        assert_eq!(compute.exclude, vec!["*.img".to_string()]);
+        assert_eq!(
+            catalogue.source_for_key("PE/x").map(|s| s.identity),
+            Some(IdentityRule::Key)
+        );
+        assert!(catalogue.source_for_key("efi-images/x").is_none());
+        let s3 = catalogue.s3.as_ref().unwrap();
+        assert_eq!(s3.credentials, S3Credentials::Anonymous);
+    }
+
+    #[test]
     fn bad_values_are_refused_with_their_section() {
         for (from, to, needle) in [
             ("  ims:", "  mount: relative/dir\n  ims:", "mount"),
@@ -1380,6 +1516,26 @@ catalogue:
                 "pe.prefixes",
             ),
             ("  ims:", "  bucket: Boot_Images!\n  ims:", "bucket"),
+            (
+                "  ims:",
+                "  prefix_sources: [{prefix: compute/, identity: etag}]\n  ims:",
+                "prefix_sources[0]: identity",
+            ),
+            (
+                "  ims:",
+                "  prefix_sources: [{prefix: compute, identity: key}]\n  ims:",
+                "prefix_sources[0]: prefix",
+            ),
+            (
+                "  ims:",
+                "  prefix_sources: [{prefix: PE/x/, identity: key+etag}]\n  ims:",
+                "overlap",
+            ),
+            (
+                "  ims:",
+                "  prefix_sources: [{prefix: a/, identity: key, exclude: [\"\"]}]\n  ims:",
+                "empty glob",
+            ),
             ("target:", "target:\n  max_lun: 70000", "max_lun"),
             ("target:", "target:\n  iqn: \"not an iqn\"", "iqn"),
         ] {
@@ -1399,7 +1555,7 @@ catalogue:
         };
         let auth_of =
             |text: &str| match Policy::from_yaml(text, &host()).map(|(p, _)| p.catalogue.ims) {
-                Ok(ImsSource::Http(http)) => Ok(http.auth),
+                Ok(Some(ImsSource::Http(http))) => Ok(http.auth),
                 Ok(other) => panic!("{other:?}"),
                 Err(e) => Err(e),
             };
@@ -1523,7 +1679,7 @@ catalogue:
             assert!(grace(&live, bad).is_err(), "{bad}");
         }
         for (prefix, says) in [
-            ("PE/luns/", "overlaps the PE prefix"),
+            ("PE/luns/", "overlaps the prefix source \"PE/\""),
             ("luns", "ending in '/'"),
             ("deleted/luns/", "deleted/"),
         ] {

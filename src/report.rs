@@ -11,6 +11,7 @@ use crate::error::{self, Error, ErrorKind};
 use crate::lio::SaveConfig;
 use crate::plan::{Action, Plan, Projection, Skipped};
 use crate::policy::{ApplyMode, Policy};
+use crate::prefix_source::IdentityRule;
 use crate::skip::ReasonCode;
 use crate::snapshot::Snapshot;
 use serde::Serialize;
@@ -43,6 +44,9 @@ pub struct Report {
     pub kernel_changes: usize,
     pub backup: Option<String>,
     pub notes: Vec<String>,
+    /// What the operator must know that is neither a skip nor an error (an object rewritten
+    /// in place under a served LUN), one line each; also logged at warning.
+    pub warnings: Vec<String>,
     /// The unified diff of saveconfig.json, or past 2,000 lines (without `--diff full`) a
     /// line saying how large it is.
     pub diff: String,
@@ -120,6 +124,7 @@ impl Report {
             kernel_changes: 0,
             backup: None,
             notes: Vec::new(),
+            warnings: Vec::new(),
             diff: String::new(),
             diff_lines: 0,
             diff_complete: true,
@@ -149,6 +154,21 @@ impl Report {
                 "offline catalogue: S3 ETags were not checked; manifest etags are trusted"
                     .to_string(),
             );
+            let by_version: Vec<&str> = policy
+                .catalogue
+                .sources
+                .iter()
+                .filter(|s| s.identity == IdentityRule::KeyEtag)
+                .map(|s| s.prefix.as_str())
+                .collect();
+            if !by_version.is_empty() {
+                report.notes.push(format!(
+                    "offline catalogue: objects under {} (identity: key+etag) are identified \
+                     by their size and modification time in the mount, not by an ETag; the \
+                     same object served live gets another identity",
+                    by_version.join(", ")
+                ));
+            }
         }
         if !running_read {
             report.notes.push(format!(
@@ -160,6 +180,7 @@ impl Report {
         report.target = Some(policy.target.iqn.clone());
         report.changed = plan.needs_apply();
         report.drift = plan.drift.clone();
+        report.warnings = plan.warnings.clone();
         report.summary = Summary {
             add: plan.count(Action::Add),
             remove: plan.count(Action::Remove),
@@ -210,6 +231,9 @@ impl Report {
         }
         for note in &self.notes {
             let _ = writeln!(out, "Note: {note}");
+        }
+        for warning in &self.warnings {
+            let _ = writeln!(out, "Warning: {}", printable(warning));
         }
         let changes: Vec<String> = self
             .projections

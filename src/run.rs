@@ -435,6 +435,9 @@ fn log_plan(plan: &Plan) {
     for change in &plan.target_changes {
         log::info!("~ target  {change}");
     }
+    for warning in &plan.warnings {
+        log::warn!("{warning}");
+    }
 }
 
 /// The one summary line of a run.

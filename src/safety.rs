@@ -44,10 +44,22 @@ pub fn check(
         .iter()
         .filter(|p| p.action != Action::Add)
         .count();
+    // A file rewritten in place and projected under its new identity is replaced, not
+    // lost: its old LUN already serves bytes that changed, and the file stays served.
+    let added_files: std::collections::BTreeSet<&str> = plan
+        .projections
+        .iter()
+        .filter(|p| p.action == Action::Add)
+        .map(|p| p.dev.as_str())
+        .collect();
     let kept = plan
         .projections
         .iter()
-        .filter(|p| matches!(p.action, Action::Keep | Action::Update))
+        .filter(|p| match p.action {
+            Action::Keep | Action::Update => true,
+            Action::Remove => added_files.contains(p.dev.as_str()),
+            Action::Add => false,
+        })
         .count();
     let fraction = policy.safety.min_kept_fraction;
     if before > 0 && (kept as f64) < fraction * before as f64 {
@@ -77,7 +89,9 @@ fn check_sources(policy: &Policy, snapshot: &Snapshot, plan: &Plan) -> Result<()
         .records()
         .filter(|record| catalogue.select.check(record).is_ok())
         .count();
-    if rootfs > 0 && tagged == 0 {
+    // Without IMS there is nothing to ask; LUNs of rootfs images then go, within the
+    // removal limits, as the policy says.
+    if rootfs > 0 && tagged == 0 && catalogue.ims.is_some() {
         return Err(SourceError::Empty {
             what: format!(
                 "IMS lists {} image(s), none tagged for projection",
@@ -86,12 +100,12 @@ fn check_sources(policy: &Policy, snapshot: &Snapshot, plan: &Plan) -> Result<()
             projected: rootfs,
         });
     }
-    let pe = projected(plan, Kind::Pe);
+    let pe = projected(plan, Kind::Pe) + projected(plan, Kind::Object);
     if pe > 0 && snapshot.pe_objects.is_empty() {
         return Err(SourceError::Empty {
             what: format!(
-                "the PE listing under {} holds no object",
-                catalogue.pe_prefixes.join(", ")
+                "the listing under the prefix source(s) {} holds no object",
+                catalogue.prefixes()
             ),
             projected: pe,
         });

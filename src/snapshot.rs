@@ -21,13 +21,13 @@ pub struct Snapshot {
     /// tell (offline mode: the manifest etag is trusted).
     #[serde(default)]
     pub objects: Option<BTreeMap<String, ObjectInfo>>,
-    /// Candidate PE images: objects under the PE prefixes, sorted by key.
+    /// Candidate objects under the prefix sources (PE and `prefix_sources`), sorted by key.
     #[serde(default)]
     pub pe_objects: Vec<PeObject>,
     /// What the s3fs mount holds for every key above that matters.
     #[serde(default)]
     pub mount: BTreeMap<String, MountEntry>,
-    /// Folders under the PE prefixes that could not be listed, with why.
+    /// Folders under the prefix sources that could not be listed, with why.
     #[serde(default)]
     pub pe_unreadable: BTreeMap<String, String>,
 }
@@ -74,6 +74,10 @@ pub struct PeObject {
     pub size: u64,
     #[serde(default)]
     pub etag: Option<String>,
+    /// Modification time in the mount, seconds since the epoch (offline only: what stands
+    /// in for the ETag of a `key+etag` prefix source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<u64>,
 }
 
 /// One key, looked up in the s3fs mount.

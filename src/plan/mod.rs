@@ -25,7 +25,7 @@ use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::MountEntry;
 use crate::snapshot::Snapshot;
 use luns::{allocate_luns, Allocation, CurrentState, History};
-use rules::{is_pe_image, kind_of_key, pe_candidate, rootfs_candidate, Candidate, Trace};
+use rules::{kind_of_key, object_candidate, rootfs_candidate, source_of, Candidate, Trace};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,8 +34,12 @@ named_enum! {
     pub enum Kind {
         /// A root file system image from IMS.
         Rootfs = "rootfs",
-        /// A PE image: an object under a PE prefix.
+        /// A PE image: an object under a PE prefix, or under a prefix source whose identity
+        /// is its key.
         Pe = "pe",
+        /// An object under a prefix source whose identity is its key and ETag
+        /// (`identity: key+etag`).
+        Object = "object",
     }
 }
 
@@ -183,6 +187,9 @@ pub struct Plan {
     /// How the running target differs from the desired configuration, one line each (empty
     /// when it was not read).
     pub drift: Vec<String>,
+    /// What an operator must know that is neither a skip nor an error, one line each: an
+    /// object rebuilt in place under a served LUN.
+    pub warnings: Vec<String>,
     /// The ledger as it stands once this plan is in place (`None` without a ledger).
     pub ledger: Option<Ledger>,
 }
@@ -258,8 +265,48 @@ pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig, context:
         let desired = ManagedView::of(&plan.desired, &policy.catalogue, &policy.target);
         plan.drift = running.drift(&desired);
     }
+    plan.warnings = rewritten_in_place(&plan.projections, &state);
     plan.ledger = ledger.map(|ledger| ledger.after(&plan, context.now));
     plan
+}
+
+/// New identities of files that a served storage object already reads: the object was
+/// rewritten in place (OpenCHAMI's image-builder rebuilds under the same key), so initiators
+/// of the old LUN read bytes that changed under them. The new identity gets its own LUN; the
+/// old one goes (or stays for `safety.removal_grace`), as for any image no longer wanted.
+fn rewritten_in_place(projections: &[Projection], state: &CurrentState) -> Vec<String> {
+    let served_by_dev: BTreeMap<&str, &str> = state
+        .managed
+        .iter()
+        .map(|(name, object)| (object.dev.as_str(), name.as_str()))
+        .collect();
+    let lun_of: BTreeMap<&str, Option<u32>> = projections
+        .iter()
+        .map(|p| (p.name.as_str(), p.lun))
+        .collect();
+    projections
+        .iter()
+        .filter(|p| p.action == Action::Add)
+        .filter_map(|new| {
+            let old = *served_by_dev.get(new.dev.as_str())?;
+            let lun = lun_of
+                .get(old)
+                .copied()
+                .flatten()
+                .map_or_else(|| "its LUN".to_string(), |lun| format!("LUN {lun}"));
+            Some(format!(
+                "{} changed in place (now ETag {}): initiators of {lun} (storage object {old}) \
+                 are reading a file that changed under them; the new contents are projected \
+                 as {}{}",
+                new.source,
+                new.etag.as_deref().unwrap_or("unknown"),
+                new.name,
+                new.lun
+                    .map(|lun| format!(" at LUN {lun}"))
+                    .unwrap_or_default(),
+            ))
+        })
+        .collect()
 }
 
 /// The object keys of the managed storage objects in `current`: the files a removal grace
@@ -340,9 +387,12 @@ fn candidates(policy: &Policy, snapshot: &Snapshot) -> (Vec<Candidate>, Vec<Skip
             Err(skip) => skipped.push(*skip),
         }
     }
-    for object in snapshot.pe_objects.iter().filter(|o| is_pe_image(o)) {
+    for object in &snapshot.pe_objects {
+        let Ok(source) = source_of(catalogue, object) else {
+            continue;
+        };
         trace.0.clear();
-        match pe_candidate(catalogue, snapshot, object, &mut trace) {
+        match object_candidate(catalogue, snapshot, source, object, &mut trace) {
             Ok(candidate) => candidates.add(candidate, &mut skipped),
             Err(skip) => skipped.push(*skip),
         }
@@ -350,7 +400,7 @@ fn candidates(policy: &Policy, snapshot: &Snapshot) -> (Vec<Candidate>, Vec<Skip
     // A folder that could not be listed: whatever it holds is skipped, as one entry.
     for (folder, why) in &snapshot.pe_unreadable {
         skipped.push(Skipped {
-            kind: Kind::Pe,
+            kind: kind_of_key(catalogue, folder),
             image: ImageRef::pe(folder),
             source: Some(catalogue.url_for_key(folder)),
             reason: SkipReason::new(ReasonCode::NotInMount, why.clone()),
@@ -463,6 +513,7 @@ fn build(
         lun_removals,
         changed,
         drift: Vec::new(),
+        warnings: Vec::new(),
         ledger: None,
     }
 }
@@ -594,7 +645,7 @@ fn removed_projections(
         let kind = kind_of_key(catalogue, key);
         // The catalogue's name for it, else the ledger's (the image may be gone from IMS).
         let images = match kind {
-            Kind::Pe => vec![ImageRef::pe(key)],
+            Kind::Pe | Kind::Object => vec![ImageRef::pe(key)],
             Kind::Rootfs => match images_by_key.get(key) {
                 Some(image) => vec![image.clone()],
                 None => ledger

@@ -8,6 +8,7 @@ use crate::image::ImageEntry;
 use crate::lio::managed::ManagedObject;
 use crate::manifest::RootfsArtifact;
 use crate::policy::Catalogue;
+use crate::prefix_source::{IdentityRule, PrefixSource};
 use crate::s3path;
 use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::{MountEntry, PeObject, RootfsTrail, Snapshot};
@@ -30,16 +31,39 @@ pub struct Candidate {
     pub pending_until: Option<u64>,
 }
 
-/// The kind of projection an object key makes: PE under a PE prefix, else rootfs.
+/// The kind of projection an object key makes: that of the prefix source it lies under,
+/// else rootfs.
 pub fn kind_of_key(catalogue: &Catalogue, key: &str) -> Kind {
-    if catalogue
-        .pe_prefixes
-        .iter()
-        .any(|p| key.starts_with(p.as_str()))
-    {
-        Kind::Pe
+    catalogue
+        .source_for_key(key)
+        .map_or(Kind::Rootfs, kind_of_source)
+}
+
+/// PE for the PE rule (identity by key), object for `key+etag`.
+pub fn kind_of_source(source: &PrefixSource) -> Kind {
+    match source.identity {
+        IdentityRule::Key => Kind::Pe,
+        IdentityRule::KeyEtag => Kind::Object,
+    }
+}
+
+/// The prefix source that takes a listed object, or why none does (a folder marker, an
+/// empty object, a key its source's globs leave out): such objects are not images, and are
+/// neither projected nor reported as skipped.
+pub fn source_of<'a>(
+    catalogue: &'a Catalogue,
+    object: &PeObject,
+) -> Result<&'a PrefixSource, &'static str> {
+    if object.key.ends_with('/') || object.size == 0 {
+        return Err("a folder marker or an empty object is not an image");
+    }
+    let source = catalogue
+        .source_for_key(&object.key)
+        .ok_or("under no prefix source")?;
+    if source.selects(&object.key) {
+        Ok(source)
     } else {
-        Kind::Rootfs
+        Err("left out by the source's include and exclude globs")
     }
 }
 
@@ -266,48 +290,69 @@ fn pass_link_and_manifest(trace: &mut Trace, link: &str, artifact: &RootfsArtifa
     );
 }
 
-/// A PE object: every object under the PE prefixes that is in the mount with the same size.
-pub fn pe_candidate(
+/// An object of a prefix source (PE, or `prefix_sources`): projected when it is in the
+/// mount with the listing's size, under the identity its source's rule gives.
+pub fn object_candidate(
     catalogue: &Catalogue,
     snapshot: &Snapshot,
+    source: &PrefixSource,
     object: &PeObject,
     trace: &mut Trace,
 ) -> Result<Candidate, Box<Skipped>> {
+    let kind = kind_of_source(source);
     let key = object.key.as_str();
-    let source = catalogue.url_for_key(key);
+    let url = catalogue.url_for_key(key);
     let image = ImageRef::pe(key);
     if let Err(e) = s3path::check_key(key) {
         let reason = SkipReason::new(ReasonCode::InvalidKey, e.to_string());
-        return Err(trace.fail(RULE_KEY, Kind::Pe, &image, Some(source), reason));
+        return Err(trace.fail(RULE_KEY, kind, &image, Some(url), reason));
     }
     trace.pass(
         RULE_KEY,
-        format!("{key}, {} bytes in the listing", object.size),
+        format!(
+            "{key}, {} bytes in the listing, under {} (identity: {})",
+            object.size,
+            source.prefix,
+            source.identity.as_str()
+        ),
     );
+    let Some(made) = source.identity_of(&catalogue.bucket, object) else {
+        let reason = SkipReason::new(
+            ReasonCode::MissingEtag,
+            format!(
+                "identity: key+etag, and the listing gave {key} no ETag (nor, offline, a \
+                 modification time)"
+            ),
+        );
+        return Err(trace.fail(RULE_S3, kind, &image, Some(url), reason));
+    };
+    if let Some(version) = &made.version {
+        let how = if made.etag_verified {
+            "ETag"
+        } else {
+            "size and modification time in the mount (offline: no ETag)"
+        };
+        trace.pass(RULE_S3, format!("version {version} (from the {how})"));
+    }
     let size = match mount_size(catalogue, snapshot, key, Some(object.size)) {
         Ok(size) => size,
-        Err(reason) => return Err(trace.fail(RULE_MOUNT, Kind::Pe, &image, Some(source), reason)),
+        Err(reason) => return Err(trace.fail(RULE_MOUNT, kind, &image, Some(url), reason)),
     };
     trace.pass(
         RULE_MOUNT,
         format!("{}, {size} bytes", catalogue.dev_for_key(key)),
     );
     Ok(Candidate {
-        kind: Kind::Pe,
+        kind,
         images: vec![image],
-        identity: Identity::pe(&catalogue.bucket, key),
-        source,
+        identity: made.identity,
+        source: url,
         etag: object.etag.clone(),
         dev: catalogue.dev_for_key(key),
         size,
         key: key.to_string(),
         pending_until: None,
     })
-}
-
-/// A folder marker or any empty object is not an image.
-pub fn is_pe_image(object: &PeObject) -> bool {
-    !object.key.ends_with('/') && object.size > 0
 }
 
 /// The most bytes of a fileio device name (the kernel's `FD_MAX_DEV_NAME`, with its NUL):

@@ -35,6 +35,15 @@ pub trait ImageList {
     fn records(&self) -> Result<Vec<ImageEntry>, SourceError>;
 }
 
+/// A catalogue without IMS: no records, so no rootfs images.
+pub struct NoImages;
+
+impl ImageList for NoImages {
+    fn records(&self) -> Result<Vec<ImageEntry>, SourceError> {
+        Ok(Vec::new())
+    }
+}
+
 /// Where manifests and object facts come from.
 pub trait ObjectStore {
     /// Reads manifests and reduces each to its rootfs artifact; a manifest that cannot be
@@ -77,13 +86,14 @@ pub fn open(policy: &Policy, deadline: Deadline) -> Result<Sources, SourceError>
     #[cfg(not(feature = "live"))]
     let _ = deadline;
     let images: Box<dyn ImageList> = match &catalogue.ims {
-        ImsSource::File(path) => Box::new(offline::ImsFile { path: path.clone() }),
+        None => Box::new(NoImages),
+        Some(ImsSource::File(path)) => Box::new(offline::ImsFile { path: path.clone() }),
         #[cfg(feature = "live")]
-        ImsSource::Http(settings) => {
+        Some(ImsSource::Http(settings)) => {
             Box::new(ims::ImsClient::new(settings, runtime.clone(), deadline)?)
         }
         #[cfg(not(feature = "live"))]
-        ImsSource::Http(_) => return Err(SourceError::NoLiveSources),
+        Some(ImsSource::Http(_)) => return Err(SourceError::NoLiveSources),
     };
     #[cfg(feature = "live")]
     let bucket = match &catalogue.s3 {
@@ -234,8 +244,8 @@ pub fn collect(
 
     let mut pe_objects = Vec::new();
     let mut pe_unreadable = BTreeMap::new();
-    for prefix in &catalogue.pe_prefixes {
-        let listing = sources.store.list(prefix)?;
+    for source in &catalogue.sources {
+        let listing = sources.store.list(&source.prefix)?;
         pe_objects.extend(listing.objects);
         pe_unreadable.extend(listing.unreadable);
     }

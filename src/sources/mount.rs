@@ -186,14 +186,19 @@ impl Mount {
                 if file_type.is_dir() {
                     pending.push(key);
                 } else if file_type.is_file() {
-                    let size = entry
+                    let metadata = entry
                         .metadata()
-                        .map_err(|e| FileError::new("stat", entry.path(), e))?
-                        .len();
+                        .map_err(|e| FileError::new("stat", entry.path(), e))?;
+                    let mtime = metadata
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs());
                     listing.objects.push(PeObject {
                         key,
-                        size,
+                        size: metadata.len(),
                         etag: None,
+                        mtime,
                     });
                 }
             }

@@ -11,13 +11,14 @@ use super::s3_cache::{S3Cache, Verified};
 use super::{tls, ObjectStore};
 use crate::deadline::Deadline;
 use crate::error::{BoxError, SourceError};
-use crate::policy::{S3Settings, DELETED_PREFIX};
+use crate::policy::{S3Credentials, S3Settings, DELETED_PREFIX};
 use crate::skip::{ReasonCode, SkipReason};
 use crate::snapshot::{ManifestRead, ObjectInfo, PeListing, PeObject};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    SharedCredentialsProvider,
 };
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_smithy_runtime_api::client::http::{
@@ -302,15 +303,26 @@ pub fn client(
     settings: &S3Settings,
     deadline: Deadline,
 ) -> Result<aws_sdk_s3::Client, SourceError> {
-    let credentials = read_credentials(&settings.credentials_file)?;
     let http = tls::http_client(&settings.tls, "S3", settings.timeout)?;
     let connector = SharedHttpConnector::new(ReqwestConnector { client: http });
-    let config = aws_sdk_s3::Config::builder()
+    let mut config = aws_sdk_s3::Config::builder();
+    match &settings.credentials {
+        S3Credentials::File(path) => {
+            config.set_credentials_provider(Some(SharedCredentialsProvider::new(
+                read_credentials(path)?,
+            )));
+        }
+        // No credentials provider: the signing scheme finds no identity and the requests go
+        // unsigned (a public bucket).
+        S3Credentials::Anonymous => {
+            config.set_allow_no_auth();
+        }
+    }
+    let config = config
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(settings.region.clone()))
         .endpoint_url(&settings.endpoint)
         .force_path_style(true)
-        .credentials_provider(credentials)
         .http_client(http_client_fn(move |_, _| connector.clone()))
         // Whole-body checksums need streaming bodies; ETags are checked by the planner.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -570,6 +582,7 @@ impl ObjectStore for S3Store {
                 key,
                 size: object.size,
                 etag: Some(object.etag),
+                mtime: None,
             })
             .collect();
         Ok(PeListing {

@@ -12,5 +12,6 @@ mod live;
 mod operator;
 mod outage;
 mod plan;
+mod prefix_sources;
 mod properties;
 mod util;

@@ -81,7 +81,11 @@ fn ims_answering_only_untagged_records_is_an_outage() {
 fn an_empty_pe_listing_is_an_outage() {
     let sandbox = applied();
     fs::remove_dir_all(sandbox.path("mount/PE")).unwrap();
-    refused(&sandbox, 1, "the PE listing under PE/ holds no object");
+    refused(
+        &sandbox,
+        1,
+        "the listing under the prefix source(s) PE/ holds no object",
+    );
 }
 
 #[test]

@@ -40,6 +40,7 @@ fn snapshot() -> Snapshot {
         key: "PE/x".into(),
         size: 10,
         etag: None,
+        mtime: None,
     });
     snapshot
         .mount

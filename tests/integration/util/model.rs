@@ -94,6 +94,7 @@ impl Snap {
             key: key.into(),
             size,
             etag: None,
+            mtime: None,
         });
         self.0.mount.insert(key.into(), MountEntry::File { size });
     }

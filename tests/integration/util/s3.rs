@@ -4,7 +4,7 @@
 use super::http::RecordingProxy;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use sbps_reconcile::policy::{S3Settings, TlsSettings};
+use sbps_reconcile::policy::{S3Credentials, S3Settings, TlsSettings};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,7 +57,7 @@ impl S3Fixture {
         let settings = S3Settings {
             endpoint: proxy.url(),
             region: "us-east-1".into(),
-            credentials_file: credentials_file.to_owned(),
+            credentials: S3Credentials::File(credentials_file.to_owned()),
             tls: TlsSettings::default(),
             timeout: Duration::from_secs(60),
             page_size: 1000,
