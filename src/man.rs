@@ -40,7 +40,10 @@ Policy file, when \fB\-\-policy\fR is not given.
 Log level (error, warn, info, debug, trace), overriding \fB\-v\fR and \fB\-q\fR.
 .TP
 .B JOURNAL_STREAM
-Set by systemd when stderr goes to the journal: log lines then carry syslog priorities, so that \fBjournalctl \-p warning \-u sbps\-reconcile\fR shows the skipped images and the failures.
+Set by systemd when stderr goes to the journal. Each entry is then sent over the journal's native protocol with its priority and the decision's fields: \fBREASON_CODE\fR, \fBKIND\fR, \fBIMAGE_ID\fR, \fBIMAGE_NAME\fR and \fBIMAGE_SOURCE\fR on a skipped image; \fBACTION\fR, \fBLUN\fR, \fBSTORAGE_OBJECT\fR and the image fields on a projection. So \fBjournalctl \-p warning \-u sbps\-reconcile\fR shows the skipped images and the failures, and \fBjournalctl \-u sbps\-reconcile REASON_CODE=missing_etag\fR or \fBIMAGE_ID=\fR\fIid\fR finds one kind of decision. When the journal socket cannot be reached, the lines go to stderr with syslog priorities (\fB<4>\fR). Without it, on a terminal, each decision is shown once, in the report, and not logged again; to a pipe or a file, one line per decision is logged on stderr as well.
+.TP
+.B SBPS_JOURNAL_SOCKET
+The journal's native socket (default \fI/run/systemd/journal/socket\fR), for a journald that listens elsewhere.
 .SH FILES
 .TP
 .I /etc/sbps\-reconcile/policy.yaml

@@ -415,33 +415,65 @@ fn plan_and_report(
 
 /// One line per decision: projections at info, skipped images as warnings (images that are
 /// simply not tagged at debug: a catalogue holds thousands), target changes at info.
+/// On a terminal the report shows each decision once, and only the plan's warnings are
+/// logged; under journald each line carries fields (`REASON_CODE`, `IMAGE_ID`, `LUN`, ...).
 fn log_plan(plan: &Plan) {
+    for warning in &plan.warnings {
+        log::warn!("{warning}");
+    }
+    if !logger::log_decisions() {
+        return;
+    }
     for skipped in &plan.skipped {
-        let line = format!(
-            "skipped {} image {}: {}",
-            skipped.kind.as_str(),
-            skipped.image.describe(),
-            skipped.reason
-        );
-        if skipped.reason.code == ReasonCode::NotTagged {
-            log::debug!("{line}");
+        let level = if skipped.reason.code == ReasonCode::NotTagged {
+            log::Level::Debug
         } else {
-            log::warn!("{line}");
-        }
+            log::Level::Warn
+        };
+        logger::decision(
+            level,
+            &[
+                ("reason_code", Some(skipped.reason.code.as_str())),
+                ("kind", Some(skipped.kind.as_str())),
+                ("image_id", skipped.image.id.as_deref()),
+                ("image_name", skipped.image.name.as_deref()),
+                ("image_source", skipped.source.as_deref()),
+            ],
+            format_args!(
+                "skipped {} image {}: {}",
+                skipped.kind.as_str(),
+                skipped.image.describe(),
+                skipped.reason
+            ),
+        );
     }
     for projection in &plan.projections {
-        log::info!("{}", diff::projection_line(projection));
+        let lun = projection.lun.map(|lun| lun.to_string());
+        let first = projection.images.first();
+        logger::decision(
+            log::Level::Info,
+            &[
+                ("action", Some(projection.action.as_str())),
+                ("kind", Some(projection.kind.as_str())),
+                ("lun", lun.as_deref()),
+                ("storage_object", Some(projection.name.as_str())),
+                ("image_id", first.and_then(|i| i.id.as_deref())),
+                ("image_name", first.and_then(|i| i.name.as_deref())),
+                ("image_source", Some(projection.source.as_str())),
+            ],
+            format_args!("{}", diff::projection_line(projection)),
+        );
     }
     for change in &plan.target_changes {
         log::info!("~ target  {change}");
     }
-    for warning in &plan.warnings {
-        log::warn!("{warning}");
-    }
 }
 
-/// The one summary line of a run.
+/// The one summary line of a run (not on a terminal: the report ends with it).
 fn log_summary(plan: &Plan, applied: bool, dry_run: bool) {
+    if !logger::log_decisions() {
+        return;
+    }
     let state = if applied {
         "applied"
     } else if !plan.changed {

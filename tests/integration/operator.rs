@@ -5,6 +5,7 @@ use crate::util::sandbox::{manifest, Run, Sandbox};
 use sbps_reconcile::identity::Identity;
 use sbps_reconcile::policy::{HostFacts, Policy};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,125 @@ fn catalogue() -> Sandbox {
     );
     sandbox.write("mount/PE/CPE-base.x86_64-24.11.squashfs", "pe image\n");
     sandbox
+}
+
+/// One native journal entry: its fields, in the protocol's two forms (`NAME=value\n`, and
+/// `NAME\n<le64 length>value\n` for a value with a newline).
+fn journal_fields(mut datagram: &[u8]) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    while !datagram.is_empty() {
+        let end = datagram.iter().position(|&b| b == b'\n').unwrap();
+        let line = &datagram[..end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.insert(
+                String::from_utf8(line[..eq].to_vec()).unwrap(),
+                String::from_utf8(line[eq + 1..].to_vec()).unwrap(),
+            );
+            datagram = &datagram[end + 1..];
+        } else {
+            let name = String::from_utf8(line.to_vec()).unwrap();
+            let rest = &datagram[end + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            let value = String::from_utf8(rest[8..8 + len].to_vec()).unwrap();
+            assert_eq!(rest[8 + len], b'\n');
+            fields.insert(name, value);
+            datagram = &rest[9 + len..];
+        }
+    }
+    fields
+}
+
+/// Under systemd each decision goes to the journal's socket with fields to query it by, and
+/// nothing is printed twice on stderr.
+#[test]
+fn under_systemd_decisions_carry_journal_fields() {
+    let sandbox = catalogue();
+    let socket_path = sandbox.path("run/journal.socket");
+    fs::create_dir_all(socket_path.parent().unwrap()).unwrap();
+    let journal = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    journal.set_nonblocking(true).unwrap();
+    let run = sandbox
+        .run_command(sandbox.command().env("JOURNAL_STREAM", "8:12345"))
+        .expect(0);
+    let mut entries = Vec::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    while let Ok(n) = journal.recv(&mut buffer) {
+        entries.push(journal_fields(&buffer[..n]));
+    }
+    assert!(entries.len() >= 4, "{entries:?}");
+    // `journalctl -u sbps-reconcile REASON_CODE=missing_etag`
+    let query = |field: &str, value: &str| -> Vec<&BTreeMap<String, String>> {
+        entries
+            .iter()
+            .filter(|e| e.get(field).map(String::as_str) == Some(value))
+            .collect()
+    };
+    let skipped = query("REASON_CODE", "missing_etag");
+    assert_eq!(skipped.len(), 1, "{entries:?}");
+    let entry = skipped[0];
+    assert_eq!(entry["PRIORITY"], "4");
+    assert_eq!(entry["SYSLOG_IDENTIFIER"], "sbps-reconcile");
+    assert_eq!(entry["IMAGE_ID"], "img-bad");
+    assert_eq!(entry["IMAGE_NAME"], "cos-bad");
+    assert_eq!(entry["KIND"], "rootfs");
+    assert!(
+        entry["MESSAGE"].starts_with("skipped rootfs image \"cos-bad\" (id img-bad): missing_etag"),
+        "{entry:?}"
+    );
+    // `journalctl -u sbps-reconcile IMAGE_ID=img-a`: its projection, with its LUN.
+    let added = query("IMAGE_ID", "img-a");
+    assert_eq!(added.len(), 1, "{entries:?}");
+    assert_eq!(added[0]["ACTION"], "add");
+    assert_eq!(added[0]["PRIORITY"], "6");
+    assert!(added[0].contains_key("LUN"), "{:?}", added[0]);
+    assert!(added[0].contains_key("STORAGE_OBJECT"), "{:?}", added[0]);
+    // `journalctl -p warning`: exactly the skipped image.
+    let warnings: Vec<_> = entries
+        .iter()
+        .filter(|e| e["PRIORITY"].parse::<u8>().unwrap() <= 4)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        !run.stderr.contains("missing_etag"),
+        "the journal has it; stderr must not repeat it: {}",
+        run.stderr
+    );
+}
+
+/// On a terminal the text report shows each decision once: no `info:` line repeats it.
+#[test]
+fn on_a_terminal_the_report_is_printed_once() {
+    let sandbox = catalogue();
+    let mut command = sandbox.command();
+    command.arg("--dry-run");
+    // `script` runs the command on a pseudo-terminal (stdout and stderr both).
+    let line = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(sandbox.root());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => script.env(key, value),
+            None => script.env_remove(key),
+        };
+    }
+    let run = sandbox
+        .run_command(&mut assert_cmd::Command::from_std(script))
+        .expect(0);
+    let text = run.stdout.replace("\r\n", "\n");
+    assert_eq!(
+        text.matches("missing_etag").count(),
+        1,
+        "once, in the report's Skipped list:\n{text}"
+    );
+    assert_eq!(text.matches("+ add ").count(), 3, "{text}");
+    assert!(!text.contains("info: "), "{text}");
+    assert!(text.contains("Summary: "), "{text}");
 }
 
 #[test]

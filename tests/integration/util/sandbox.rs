@@ -250,6 +250,9 @@ impl Sandbox {
             .env_remove("SBPS_RECONCILE_POLICY")
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
+            // Never the host's journal: a test that sets JOURNAL_STREAM sees the stderr
+            // fallback, unless it binds this socket itself.
+            .env("SBPS_JOURNAL_SOCKET", self.path("run/journal.socket"))
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_PROFILE")
