@@ -639,6 +639,16 @@ pub fn apply(policy: &Policy, change: &Change) -> Result<Applied, Error> {
     })
 }
 
+/// Whether `step` sets something on a TPG that `done` created (its target or TPG).
+fn tpg_created_by(done: &[Step], step: &Step) -> bool {
+    let (Step::SetTpgAttribute { dir, .. } | Step::SetTpgEnable { dir, .. }) = step else {
+        return false;
+    };
+    done.iter().any(|d| {
+        matches!(d, Step::CreateTarget { dir: created } | Step::CreateTpg { dir: created } if created == dir)
+    })
+}
+
 /// Undoes `done` in reverse order, then checks that the running target is what it was.
 fn undo(
     policy: &Policy,
@@ -655,6 +665,8 @@ fn undo(
                 }
             }
             None if matches!(step, Step::RemoveStray { .. } | Step::CreateFabric) => {}
+            // An attribute of a TPG this apply created goes with the TPG, removed in turn.
+            None if tpg_created_by(done, step) => {}
             None => failures.push(format!(
                 "{step}: cannot be undone (its old value is unknown)"
             )),

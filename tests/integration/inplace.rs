@@ -329,6 +329,36 @@ fn a_refused_step_is_undone_in_reverse_order() {
     assert_eq!(kernel_luns(&sandbox).len(), 3);
 }
 
+/// The kernel opens a fileio file read-write in the caller's context when the object is
+/// enabled: on a read-only mount it refuses (EROFS). On a fresh host the whole new target is
+/// undone, TPG attributes with it, and the run says it was rolled back, not that the
+/// rollback failed.
+#[test]
+fn a_fresh_target_refused_part_way_is_undone_whole() {
+    let Some(sandbox) = catalogue() else { return };
+    let configfs = sandbox.configfs();
+    configfs.fail("write core/fileio_*/*/enable EROFS\n");
+    let run = sandbox.run(&["--output", "json"]).expect(1);
+    let report = run.json();
+    assert_eq!(
+        report["error"]["kind"],
+        json!("rolled_back"),
+        "{}",
+        run.describe()
+    );
+    let message = report["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Read-only file system"), "{message}");
+    assert!(!message.contains("cannot be undone"), "{message}");
+    let targets: Vec<String> = configfs
+        .list("iscsi")
+        .into_iter()
+        .filter(|name| name.starts_with("iqn."))
+        .collect();
+    assert!(targets.is_empty(), "{targets:?}");
+    assert!(kernel_luns(&sandbox).is_empty());
+    assert!(!sandbox.saveconfig().exists(), "nothing saved");
+}
+
 #[test]
 fn a_permission_error_names_the_path_and_touches_nothing() {
     let Some(sandbox) = catalogue() else { return };
