@@ -50,15 +50,17 @@ KVER=${KVER:-$(ls /lib/modules | sort -V | tail -1)}
 echo "guest kernel: $KVER"
 t1=$(date +%s)
 
-# 2. Guest root file system (debootstrap; the base tree is cached).
-if [ ! -f "$W/rootfs.base/.done" ]; then
+# 2. Guest root file system (debootstrap; the base tree is cached, keyed by its packages).
+#    systemd is there for tests/e2e/systemd-vm.sh, which boots it as PID 1; lio-vm.sh boots
+#    the guest with its own init instead.
+include=targetcli-fb,python3-rtslib-fb,open-iscsi,kmod,sg3-utils,udev,iproute2,procps,systemd
+if [ ! -f "$W/rootfs.base/.done" ] || [ "$(cat "$W/rootfs.base/.done")" != "$include" ]; then
     rm -rf "$W/rootfs.base"
     mkdir -p "$W/rootfs.base" "$W/debcache"
-    debootstrap --variant=minbase --cache-dir="$W/debcache" \
-        --include=targetcli-fb,python3-rtslib-fb,open-iscsi,kmod,sg3-utils,udev,iproute2,procps \
+    debootstrap --variant=minbase --cache-dir="$W/debcache" --include="$include" \
         bookworm "$W/rootfs.base" "$MIRROR" >"$W/debootstrap.log" 2>&1 \
         || { echo "guest: debootstrap failed, see $W/debootstrap.log" >&2; tail -5 "$W/debootstrap.log" >&2; exit 3; }
-    touch "$W/rootfs.base/.done"
+    echo "$include" >"$W/rootfs.base/.done"
 fi
 t2=$(date +%s)
 
@@ -83,6 +85,30 @@ echo lio-guest >"$R/etc/hostname"
 mkdir -p "$R/etc/target" "$R/mnt/share"
 grep -q '^InitiatorName=' "$R/etc/iscsi/initiatorname.iscsi" 2>/dev/null \
     || echo "InitiatorName=iqn.1993-08.org.debian:01:sbps-e2e" >"$R/etc/iscsi/initiatorname.iscsi"
+# Under systemd (systemd-vm.sh: sbps.e2e=systemd on the kernel command line) this unit runs
+# /mnt/share/systemd-guest.sh once the system is up, then powers off.
+mkdir -p "$R/etc/systemd/system/multi-user.target.wants"
+cat >"$R/etc/systemd/system/sbps-e2e.service" <<'EOS'
+[Unit]
+Description=sbps-reconcile E2E under systemd (test driver)
+ConditionKernelCommandLine=sbps.e2e=systemd
+After=multi-user.target
+
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+StandardError=journal+console
+TimeoutStartSec=30min
+ExecStart=/bin/sh -c 'modprobe 9pnet_virtio; modprobe 9p; mkdir -p /mnt/share; mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 share /mnt/share && /bin/bash /mnt/share/systemd-guest.sh; echo "=== systemd-guest.sh exit code $?"; sync; umount /mnt/share'
+ExecStartPost=/bin/systemctl --no-block poweroff
+
+[Install]
+WantedBy=multi-user.target
+EOS
+ln -sf /etc/systemd/system/sbps-e2e.service "$R/etc/systemd/system/multi-user.target.wants/sbps-e2e.service"
+# No login prompt on the serial console the test reads.
+ln -sf /dev/null "$R/etc/systemd/system/serial-getty@ttyS0.service"
+ln -sf /dev/null "$R/etc/systemd/system/getty@tty1.service"
 
 # 4. ext4 image (mkfs.ext4 -d: no loop mount needed) and a minimal initramfs.
 size=$(( $(du -sm "$R" | cut -f1) + 256 ))

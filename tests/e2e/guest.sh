@@ -17,7 +17,7 @@
 #   rebuild     `targetctl clear` and saveconfig.json deleted: the run brings every image
 #               back under its LUN number from the ledger (kept outside /etc/target), and
 #               the initiator, its session recovered, reads the same content under each
-#   scale       100 LUNs added in place, timed against one restore of the same configuration
+#   scale       1,000 LUNs added in place, timed against one restore of the same configuration
 S=/mnt/share
 M=/var/lib/cps-local/boot-images
 P=/etc/sbps-reconcile/policy.yaml
@@ -366,15 +366,19 @@ check "the initiator's session recovered" [ "$(session_state)" = LOGGED_IN ]
 rescan
 py check $S/report-before-rebuild.json || fail "the initiator reads the same image content under every LUN number"
 
-step "scale: 100 LUNs added in place, against one restore of the same configuration"
+# SCALE LUNs (the share's scale file, from SBPS_E2E_SCALE; 1000 by default).
+SCALE=$(cat $S/scale 2>/dev/null || echo 1000)
+step "scale: $SCALE LUNs added in place, against one restore of the same configuration"
 iscsiadm -m node -u >/dev/null 2>&1
-py catalogue many $M $IMS 100 64
+write_policy configfs '"127.0.0.1:3260", "127.0.0.2:3260"' "  attributes: {default_cmdsn_depth: 128}
+  max_lun: 4095"
+py catalogue many $M $IMS $SCALE 64
 t0=$(now)
 recon >$S/report-many.json 2>$S/run-many.stderr
 rc=$?
 t1=$(now)
-check "100 LUNs in place: exit 2" [ $rc -eq 2 ]
-py expect $S/report-many.json 'r["summary"]["add"] == 100' 'r["apply_mode"] == "configfs"' || fail "100 LUNs report"
+check "$SCALE LUNs in place: exit 2" [ $rc -eq 2 ]
+py expect $S/report-many.json "r['summary']['add'] == $SCALE" 'r["apply_mode"] == "configfs"' || fail "$SCALE LUNs report"
 metric many_in_place_seconds "$(awk "BEGIN{print $t1 - $t0}")"
 t0=$(now)
 targetctl restore /etc/target/saveconfig.json >/tmp/many-restore.log 2>&1
@@ -383,7 +387,7 @@ metric many_restore_seconds "$(awk "BEGIN{print $t1 - $t0}")"
 check "the restore of the same configuration loads without a skipped object" \
     bash -c '! grep -q ", skipped" /tmp/many-restore.log'
 recon >/dev/null 2>&1
-check "the tool finds the restored 100 LUNs as planned" [ $? -eq 0 ]
+check "the tool finds the restored $SCALE LUNs as planned" [ $? -eq 0 ]
 
 step "kernel log (iSCSI)"
 dmesg | grep -iE 'iscsi|conn error|target' | tail -30 | sed 's/^/    /'

@@ -7,7 +7,8 @@
 #
 # Usage: tests/e2e/lio-vm.sh
 # Env: SBPS_E2E_DIR (guest cache, default /var/tmp/sbps-reconcile-e2e), QEMU_MEM (768),
-#      QEMU_TIMEOUT (900 s), CI (when set, a guest that cannot be built is a failure;
+#      SBPS_E2E_SCALE (LUNs of the scale step, 1000),
+#      QEMU_TIMEOUT (1800 s), CI (when set, a guest that cannot be built is a failure;
 #      otherwise the test is skipped with a message).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,10 +37,11 @@ run="$W/runs/$(date +%Y%m%d-%H%M%S)-$$"
 share="$run/share"
 mkdir -p "$share"
 cp target/release/sbps-reconcile "$HERE/guest.sh" "$HERE/e2e.py" "$share/"
+echo "${SBPS_E2E_SCALE:-1000}" >"$share/scale"
 log="$run/console.log"
 set +e
 # /dev/kvm on these machines only runs specially built kernels: multi-threaded TCG instead.
-timeout "${QEMU_TIMEOUT:-900}" "$W/qemu/usr/bin/qemu-system-x86_64" \
+timeout "${QEMU_TIMEOUT:-1800}" "$W/qemu/usr/bin/qemu-system-x86_64" \
     -accel tcg,thread=multi,tb-size=256 -cpu max -smp 2 -m "${QEMU_MEM:-768}" \
     -L /usr/share/seabios -L /usr/share/qemu -L /usr/lib/ipxe/qemu \
     -nodefaults -no-user-config -display none -no-reboot -nic none \
