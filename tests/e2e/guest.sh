@@ -24,16 +24,7 @@ P=/etc/sbps-reconcile/policy.yaml
 IMS=/etc/sbps-reconcile/images.json
 CALLS=/run/targetctl.calls
 IQN=iqn.2023-06.csm.iscsi:lio-guest
-RESULT=PASS
-: >$S/failures.txt
-: >$S/metrics.txt
-step() { echo; echo "##### [uptime $(cut -d' ' -f1 /proc/uptime)s] $*"; }
-ok() { echo "  ok   $*"; }
-fail() { echo "  FAIL $*"; echo "$*" >>$S/failures.txt; RESULT=FAIL; }
-check() { if "${@:2}"; then ok "$1"; else fail "$1"; fi; }
-metric() { echo "$1=$2" >>$S/metrics.txt; echo "  metric $1=$2"; }
-py() { python3 $S/e2e.py "$@"; }
-now() { cut -d' ' -f1 /proc/uptime; }
+. $S/guest-lib.sh
 session_state() { iscsiadm -m session -P 1 2>/dev/null | awk -F': ' '/iSCSI Session State/{print $2; exit}'; }
 session_ids() { ls /sys/class/iscsi_session 2>/dev/null | tr '\n' ' '; }
 conn_errors_since() { dmesg | sed -n "/$1/,\$p" | grep -c 'detected conn error' || true; }
@@ -380,14 +371,27 @@ t1=$(now)
 check "$SCALE LUNs in place: exit 2" [ $rc -eq 2 ]
 py expect $S/report-many.json "r['summary']['add'] == $SCALE" 'r["apply_mode"] == "configfs"' || fail "$SCALE LUNs report"
 metric many_in_place_seconds "$(awk "BEGIN{print $t1 - $t0}")"
+# rtslib restores 1,000 LUNs far slower than 100 (over 12 minutes under emulation): the
+# restore is stopped at RESTORE_LIMIT seconds, and the tool must then bring the half-restored
+# target back to the plan.
+RESTORE_LIMIT=$(cat $S/restore-limit 2>/dev/null || echo 600)
 t0=$(now)
-targetctl restore /etc/target/saveconfig.json >/tmp/many-restore.log 2>&1
+timeout "$RESTORE_LIMIT" targetctl restore /etc/target/saveconfig.json >/tmp/many-restore.log 2>&1
+restore_rc=$?
 t1=$(now)
-metric many_restore_seconds "$(awk "BEGIN{print $t1 - $t0}")"
-check "the restore of the same configuration loads without a skipped object" \
-    bash -c '! grep -q ", skipped" /tmp/many-restore.log'
-recon >/dev/null 2>&1
-check "the tool finds the restored $SCALE LUNs as planned" [ $? -eq 0 ]
+if [ $restore_rc = 124 ]; then
+    metric many_restore_seconds "over $RESTORE_LIMIT (stopped)"
+    recon >$S/report-many-repair.json 2>$S/run-many-repair.stderr
+    check "after the stopped restore, the tool repairs the target (exit $?)" [ -s $S/report-many-repair.json ]
+    recon >/dev/null 2>&1
+    check "... and the next run finds the $SCALE LUNs as planned" [ $? -eq 0 ]
+else
+    metric many_restore_seconds "$(awk "BEGIN{print $t1 - $t0}")"
+    check "the restore of the same configuration loads without a skipped object" \
+        bash -c '! grep -q ", skipped" /tmp/many-restore.log'
+    recon >/dev/null 2>&1
+    check "the tool finds the restored $SCALE LUNs as planned" [ $? -eq 0 ]
+fi
 
 step "kernel log (iSCSI)"
 dmesg | grep -iE 'iscsi|conn error|target' | tail -30 | sed 's/^/    /'

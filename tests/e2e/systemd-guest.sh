@@ -21,16 +21,7 @@ P=/etc/sbps-reconcile/policy.yaml
 IMS=/etc/sbps-reconcile/images.json
 IQN=iqn.2023-06.csm.iscsi:lio-guest
 UNIT=sbps-reconcile.service
-RESULT=PASS
-: >$S/failures.txt
-: >$S/metrics.txt
-step() { echo; echo "##### [uptime $(cut -d' ' -f1 /proc/uptime)s] $*"; }
-ok() { echo "  ok   $*"; }
-fail() { echo "  FAIL $*"; echo "$*" >>$S/failures.txt; RESULT=FAIL; }
-check() { if "${@:2}"; then ok "$1"; else fail "$1"; fi; }
-metric() { echo "$1=$2" >>$S/metrics.txt; echo "  metric $1=$2"; }
-py() { python3 $S/e2e.py "$@"; }
-now() { cut -d' ' -f1 /proc/uptime; }
+. $S/guest-lib.sh
 # The journal lines of the unit's last run (after the cursor `start` takes).
 CURSOR=
 last_run() { journalctl -q -o cat -u sbps-reconcile --after-cursor="$CURSOR" "$@"; }
