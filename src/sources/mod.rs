@@ -20,6 +20,7 @@ pub mod tls;
 use crate::deadline::Deadline;
 use crate::error::SourceError;
 use crate::image::ImageEntry;
+use crate::manifest::RootfsArtifact;
 use crate::policy::{ImsSource, Policy};
 use crate::s3path;
 use crate::snapshot::{ManifestRead, MountEntry, ObjectInfo, PeListing, Snapshot};
@@ -155,18 +156,29 @@ fn changed_since_verified(
     if trusted.is_empty() {
         return BTreeSet::new();
     }
-    manifests
-        .iter()
-        .filter_map(|(manifest_key, read)| {
-            let ManifestRead::Rootfs(artifact) = read else {
-                return None;
-            };
-            let rootfs_key = artifact.key(bucket).ok()?;
-            let object = trusted.get(rootfs_key)?;
-            let same = matches!(stat(rootfs_key), MountEntry::File { size } if size == object.size);
-            (!same).then(|| manifest_key.clone())
+    rootfs_objects(manifests, trusted, bucket)
+        .filter(|(_, _, rootfs_key, object)| {
+            !matches!(stat(rootfs_key), MountEntry::File { size } if size == object.size)
         })
+        .map(|(manifest_key, ..)| manifest_key.clone())
         .collect()
+}
+
+/// Each manifest's rootfs artifact, its object key, and what `objects` says of that key,
+/// for the manifests whose rootfs `objects` knows.
+fn rootfs_objects<'a>(
+    manifests: &'a BTreeMap<String, ManifestRead>,
+    objects: &'a BTreeMap<String, ObjectInfo>,
+    bucket: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a RootfsArtifact, &'a str, &'a ObjectInfo)> + 'a {
+    manifests.iter().filter_map(move |(manifest_key, read)| {
+        let ManifestRead::Rootfs(artifact) = read else {
+            return None;
+        };
+        let rootfs_key = artifact.key(bucket).ok()?;
+        let object = objects.get(rootfs_key)?;
+        Some((manifest_key, artifact, rootfs_key, object))
+    })
 }
 
 /// The images whose rootfs object S3 has with the manifest's ETag (rule 3), as (manifest
@@ -176,17 +188,9 @@ fn verified(
     objects: &BTreeMap<String, ObjectInfo>,
     bucket: &str,
 ) -> Vec<(String, String)> {
-    manifests
-        .iter()
-        .filter_map(|(manifest_key, read)| {
-            let ManifestRead::Rootfs(artifact) = read else {
-                return None;
-            };
-            let rootfs_key = artifact.key(bucket).ok()?;
-            let object = objects.get(rootfs_key)?;
-            (object.etag == artifact.etag && object.size > 0)
-                .then(|| (manifest_key.clone(), rootfs_key.to_string()))
-        })
+    rootfs_objects(manifests, objects, bucket)
+        .filter(|(_, artifact, _, object)| object.etag == artifact.etag && object.size > 0)
+        .map(|(manifest_key, _, rootfs_key, _)| (manifest_key.clone(), rootfs_key.to_string()))
         .collect()
 }
 
