@@ -57,6 +57,9 @@ pub trait ObjectStore {
     ) -> Result<Option<BTreeMap<String, ObjectInfo>>, SourceError>;
     /// Objects under a PE prefix.
     fn list(&self, prefix: &str) -> Result<PeListing, SourceError>;
+    /// Asks now for the listings of `prefixes` that [`ObjectStore::list`] and the ledger
+    /// will want, so that they are under way while IMS is read.
+    fn start_listing(&self, _prefixes: &BTreeSet<String>) {}
     /// Images whose rootfs object was found with its manifest's ETag, as (manifest key,
     /// rootfs key): a store that remembers them need not check them again.
     fn verified(&self, _images: &[(String, String)]) {}
@@ -197,6 +200,16 @@ fn verified(
 /// Gathers a snapshot: the IMS records, the manifests of the images that pass the tag filter,
 /// the S3 facts and mount entries of their rootfs files, and the PE candidates. The mount
 /// is also asked about `also_stat` (the files of LUNs in place, for the removal grace).
+/// The prefixes every run lists: the PE prefixes and prefix sources, and the ledgers'.
+fn listed_every_run(policy: &Policy) -> BTreeSet<String> {
+    let sources = policy.catalogue.sources.iter().map(|s| s.prefix.clone());
+    let ledgers = match &policy.ledger {
+        Some(crate::policy::LedgerPlace::Bucket { prefix, .. }) => Some(prefix.clone()),
+        _ => None,
+    };
+    sources.chain(ledgers).collect()
+}
+
 pub fn collect(
     policy: &Policy,
     sources: &Sources,
@@ -207,6 +220,7 @@ pub fn collect(
     // LUN (the old agent un-projected everything during an s3fs outage).
     sources.mount.check_root(catalogue.require_mountpoint)?;
 
+    sources.store.start_listing(&listed_every_run(policy));
     let images: Vec<ImageEntry> = sources.images.records()?;
 
     let manifest_keys: BTreeSet<String> = images

@@ -64,6 +64,58 @@ mod tests {
         assert_eq!(unescape_mountinfo("/var/lib/a\\040b"), "/var/lib/a b");
         assert_eq!(unescape_mountinfo("/x\\\\y"), "/x\\\\y");
     }
+
+    /// The cheap walk answers as resolving every link would, and leaves links to it.
+    #[test]
+    fn stat_without_links_agrees_with_resolving() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("shadow"), b"secret").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("img/sub")).unwrap();
+        fs::write(root.join("img/rootfs"), b"squashfs").unwrap();
+        fs::write(root.join("img/empty"), b"").unwrap();
+        std::os::unix::fs::symlink(root.join("img/rootfs"), root.join("img/inside")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("shadow"), root.join("img/out")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("linked")).unwrap();
+        // The root reached through a link resolves the same way.
+        let via = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(root, via.path().join("mount")).unwrap();
+        for mount in [Mount::new(root), Mount::new(&via.path().join("mount"))] {
+            for key in [
+                "img/rootfs",
+                "img/empty",
+                "img/sub",
+                "img/missing",
+                "missing/rootfs",
+                "img/rootfs/below",
+                "img/inside",
+                "img/out",
+                "linked/shadow",
+                "img//rootfs",
+                "img/./rootfs",
+                "img/../img/rootfs",
+            ] {
+                assert_eq!(
+                    mount.stat(key),
+                    mount.stat_resolved(key),
+                    "{key} under {}",
+                    mount.root.display()
+                );
+            }
+            assert_eq!(mount.stat("img/rootfs"), MountEntry::File { size: 8 });
+            assert_eq!(
+                mount.stat_without_links("img/rootfs"),
+                Some(MountEntry::File { size: 8 })
+            );
+            assert_eq!(
+                mount.stat_without_links("img/missing"),
+                Some(MountEntry::Missing)
+            );
+            assert_eq!(mount.stat_without_links("img/inside"), None);
+            assert!(matches!(mount.stat("img/out"), MountEntry::Outside { .. }));
+        }
+    }
 }
 
 /// A walk stops with an error past this many entries: a bound, not an expectation.
@@ -74,13 +126,17 @@ pub struct Mount {
     root: PathBuf,
     /// The root with every link resolved: a file must resolve to a path under it.
     real_root: PathBuf,
+    /// Whether `real_root` was resolved (the root existed when the run began).
+    resolved: bool,
 }
 
 impl Mount {
     pub fn new(root: &Path) -> Mount {
+        let real_root = fs::canonicalize(root);
         Mount {
             root: root.to_owned(),
-            real_root: fs::canonicalize(root).unwrap_or_else(|_| root.to_owned()),
+            resolved: real_root.is_ok(),
+            real_root: real_root.unwrap_or_else(|_| root.to_owned()),
         }
     }
 
@@ -115,6 +171,49 @@ impl Mount {
     /// resolved here: a file that resolves outside the mount is never served (a link to
     /// `/etc/shadow` in the bucket must not become a LUN any initiator can read).
     pub fn stat(&self, key: &str) -> MountEntry {
+        self.stat_without_links(key)
+            .unwrap_or_else(|| self.stat_resolved(key))
+    }
+
+    /// The common case, cheaply: no component below the resolved root is a link, so the
+    /// path is its own real path (one `lstat` per component, where resolving the path walks
+    /// it again for every component). `None` when a component is a link or anything odd:
+    /// [`Mount::stat_resolved`] decides.
+    fn stat_without_links(&self, key: &str) -> Option<MountEntry> {
+        if !self.resolved {
+            return None;
+        }
+        let mut path = self.real_root.clone();
+        let mut parts = key.split('/').peekable();
+        while let Some(part) = parts.next() {
+            if part.is_empty() || part == "." || part == ".." {
+                return None;
+            }
+            path.push(part);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Some(MountEntry::Missing),
+                Err(_) => return None,
+            };
+            if meta.file_type().is_symlink() {
+                return None;
+            }
+            if parts.peek().is_none() {
+                return Some(if meta.is_file() {
+                    MountEntry::File { size: meta.len() }
+                } else {
+                    MountEntry::NotAFile
+                });
+            }
+            if !meta.is_dir() {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// What the mount holds at `key`, every link resolved.
+    fn stat_resolved(&self, key: &str) -> MountEntry {
         let real = match fs::canonicalize(self.path(key)) {
             Ok(real) => real,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return MountEntry::Missing,

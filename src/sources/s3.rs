@@ -41,6 +41,9 @@ const MAX_PAGES: usize = 100_000;
 /// their own, smaller limit before they are fetched).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
+/// A listing sent ahead of need.
+type Listing = tokio::task::JoinHandle<Result<BTreeMap<String, ObjectInfo>, SourceError>>;
+
 /// How a run reads the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reading {
@@ -65,6 +68,8 @@ pub struct S3Store {
     listing: OnceLock<BTreeMap<String, ObjectInfo>>,
     /// Prefixes listed this run, by prefix (incremental reading).
     prefixes: RefCell<BTreeMap<String, BTreeMap<String, ObjectInfo>>>,
+    /// Listings asked for ahead of need ("" for the whole bucket), not collected yet.
+    started: RefCell<BTreeMap<String, Listing>>,
     /// Rootfs objects of verified images this run trusts, by key.
     trusted: RefCell<BTreeMap<String, ObjectInfo>>,
     /// Manifest keys this run asked for: the cache keeps these only.
@@ -108,6 +113,7 @@ impl S3Store {
             now,
             listing: OnceLock::new(),
             prefixes: RefCell::new(BTreeMap::new()),
+            started: RefCell::new(BTreeMap::new()),
             trusted: RefCell::new(BTreeMap::new()),
             requested: RefCell::new(BTreeSet::new()),
             cache: RefCell::new(cache),
@@ -123,14 +129,56 @@ impl S3Store {
         if let Some(listing) = self.listing.get() {
             return Ok(listing);
         }
-        let listing = self.runtime.block_on(list_objects(
-            &self.client,
-            &self.bucket,
-            "",
-            self.settings.page_size,
-            self.deadline,
-        ))?;
+        let started = self.started.borrow_mut().remove("");
+        let listing = self.runtime.block_on(self.collect_listing("", started))?;
         Ok(self.listing.get_or_init(|| listing))
+    }
+
+    /// Sends the listings of `prefixes` now, to be collected when they are needed: the
+    /// server answers while the run reads IMS and the mount, instead of after. A full
+    /// reading lists the whole bucket once (every prefix is in it).
+    fn start(&self, prefixes: &BTreeSet<String>) {
+        let wanted: Vec<&str> = match self.reading {
+            Reading::Full if !prefixes.is_empty() => vec![""],
+            Reading::Full => Vec::new(),
+            Reading::Incremental => prefixes.iter().map(String::as_str).collect(),
+        };
+        let mut started = self.started.borrow_mut();
+        for prefix in wanted {
+            if started.contains_key(prefix) || self.prefixes.borrow().contains_key(prefix) {
+                continue;
+            }
+            let listing = self.runtime.spawn(self.list_task(prefix.to_string()));
+            started.insert(prefix.to_string(), listing);
+        }
+    }
+
+    /// The listing of `prefix` as a task that owns what it needs.
+    fn list_task(
+        &self,
+        prefix: String,
+    ) -> impl std::future::Future<Output = Result<BTreeMap<String, ObjectInfo>, SourceError>> + 'static
+    {
+        let client = self.client.clone();
+        let bucket = self.bucket.clone();
+        let (page_size, deadline) = (self.settings.page_size, self.deadline);
+        async move { list_objects(&client, &bucket, &prefix, page_size, deadline).await }
+    }
+
+    /// The listing of `prefix`: the one started earlier if there is one, else listed now.
+    async fn collect_listing(
+        &self,
+        prefix: &str,
+        started: Option<Listing>,
+    ) -> Result<BTreeMap<String, ObjectInfo>, SourceError> {
+        if let Some(Ok(outcome)) = match started {
+            Some(listing) => Some(listing.await),
+            None => None,
+        } {
+            return outcome;
+        }
+        // Not started, or the task was lost: list now.
+        self.list_task(prefix.to_string()).await
     }
 
     /// The objects under `prefix`: from the whole listing (full reading), else listed once
@@ -167,22 +215,29 @@ impl S3Store {
             return Ok(());
         }
         log::debug!("listing {} prefix(es)", missing.len());
+        let (started, missing): (Vec<_>, Vec<_>) = {
+            let mut started = self.started.borrow_mut();
+            missing
+                .into_iter()
+                .map(|prefix| (started.remove(&prefix), prefix))
+                .partition(|(listing, _)| listing.is_some())
+        };
         let listed = self.runtime.block_on(async {
             let permits = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency));
             let mut tasks = tokio::task::JoinSet::new();
-            for prefix in missing {
+            for (_, prefix) in missing {
                 let permits = permits.clone();
-                let client = self.client.clone();
-                let bucket = self.bucket.clone();
-                let (page_size, deadline) = (self.settings.page_size, self.deadline);
+                let listing = self.list_task(prefix.clone());
                 tasks.spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    let objects =
-                        list_objects(&client, &bucket, &prefix, page_size, deadline).await;
-                    (prefix, objects)
+                    (prefix, listing.await)
                 });
             }
             let mut done = Vec::new();
+            for (listing, prefix) in started {
+                let objects = self.collect_listing(&prefix, listing).await;
+                done.push((prefix, objects));
+            }
             while let Some(joined) = tasks.join_next().await {
                 if let Ok(outcome) = joined {
                     done.push(outcome);
@@ -572,6 +627,10 @@ impl ObjectStore for S3Store {
             }
         }
         Ok(Some(found))
+    }
+
+    fn start_listing(&self, prefixes: &BTreeSet<String>) {
+        self.start(prefixes);
     }
 
     fn list(&self, prefix: &str) -> Result<PeListing, SourceError> {

@@ -48,20 +48,34 @@ pub fn client_config(
             }
         }
         None => {
-            let found = rustls_native_certs::load_native_certs();
-            for error in &found.errors {
-                log::debug!("{what}: system CA store: {error}");
-            }
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
+            let system = system_roots();
+            if system.is_empty() {
                 log::warn!("{what}: no CA certificates found in the system store; set ca_bundle");
             }
+            return Ok(builder
+                .with_root_certificates(system.clone())
+                .with_no_client_auth());
         }
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Accepts any server certificate (still checks handshake signatures are well formed).
+/// The system's CA store, read once per process: IMS and S3 share it (reading and parsing
+/// a few hundred certificates twice was a tenth of a no-op run's CPU).
+fn system_roots() -> &'static Arc<RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for error in &found.errors {
+            log::debug!("system CA store: {error}");
+        }
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(found.certs);
+        Arc::new(roots)
+    })
+}
+
 #[derive(Debug)]
 struct NoVerification {
     provider: Arc<rustls::crypto::CryptoProvider>,
