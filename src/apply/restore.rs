@@ -32,8 +32,9 @@ pub fn apply(policy: &Policy, change: &Change) -> Result<Applied, Error> {
             ".sbps-reconcile-verify-{}.json",
             std::process::id()
         ));
-        let saved = targetctl.save_to_string(&check)?;
-        let saved = SaveConfig::parse(&saved).map_err(ApplyError::VerifyUnreadable)?;
+        let saved = targetctl
+            .save_and_read(&check, SaveConfig::read_managed)?
+            .map_err(ApplyError::VerifyUnreadable)?;
         let differences =
             ManagedView::of(&saved, &policy.catalogue, &policy.target).differences(change.expected);
         if differences.is_empty() {

@@ -78,12 +78,19 @@ impl Targetctl {
         }
     }
 
-    /// `targetctl save FILE`, read back and removed.
-    pub fn save_to_string(&self, file: &Path) -> Result<Vec<u8>, ApplyError> {
+    /// `targetctl save FILE`, handed to `read` open (a large file is parsed as it is read,
+    /// never held whole), then removed.
+    pub fn save_and_read<T>(
+        &self,
+        file: &Path,
+        read: impl FnOnce(fs::File) -> T,
+    ) -> Result<T, ApplyError> {
         let mut command = self.command(&["save"], Some(file));
         let output = self.run(&mut command)?;
         let result = if output.success {
-            fs::read(file).map_err(|e| FileError::new("read", file, e).into())
+            fs::File::open(file)
+                .map(read)
+                .map_err(|e| FileError::new("read", file, e).into())
         } else {
             Err(Self::failed(&command, &output).into())
         };

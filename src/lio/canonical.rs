@@ -4,14 +4,14 @@
 
 use serde::Serialize;
 use serde_json::ser::{Formatter, PrettyFormatter};
-use serde_json::Value;
 use std::io;
 
-/// Canonical text of a JSON value (objects are `BTreeMap`s, so keys come out sorted).
-pub fn to_string(value: &Value) -> String {
+/// Canonical text of a JSON value or object (objects are `BTreeMap`s, so keys come out
+/// sorted).
+pub fn to_string(value: &impl Serialize) -> String {
     let mut out = Vec::new();
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, AsciiPretty::default());
-    // Writing a Value into a Vec cannot fail.
+    // Writing JSON values into a Vec cannot fail.
     if value.serialize(&mut serializer).is_err() {
         return String::new();
     }

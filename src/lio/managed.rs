@@ -332,6 +332,7 @@ impl ManagedView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lio::SaveConfig;
     use crate::policy::{HostFacts, Policy};
 
     fn policy() -> Policy {
@@ -378,6 +379,34 @@ mod tests {
         assert_eq!(patched["attributes"]["block_size"], json!(512));
         let (_, now) = ManagedObject::read(&patched, &policy.catalogue).unwrap();
         assert_eq!(now, wanted);
+    }
+
+    /// What verification parses (the managed keys only) reads as the whole file does, on a
+    /// file `targetctl save` wrote and on one with the managed facts changed.
+    #[test]
+    fn the_trimmed_parse_reads_the_same_view() {
+        let text = include_str!("../../tests/cases/02-adopt-targetctl-save/current.json");
+        let policy = Policy::from_yaml(
+            include_str!("../../tests/cases/02-adopt-targetctl-save/policy.yaml"),
+            &HostFacts::from_hostname("h"),
+        )
+        .unwrap()
+        .0;
+        let changed = text
+            .replace("\"emulate_model_alias\": 1", "\"emulate_model_alias\": 0")
+            .replace("\"write_back\": false", "\"write_back\": true");
+        assert_ne!(changed, text);
+        for text in [text, changed.as_str()] {
+            let whole = SaveConfig::parse(text.as_bytes()).unwrap();
+            let trimmed = SaveConfig::read_managed(text.as_bytes()).unwrap();
+            let view = ManagedView::of(&whole, &policy.catalogue, &policy.target);
+            assert!(!view.objects.is_empty());
+            assert_eq!(
+                ManagedView::of(&trimmed, &policy.catalogue, &policy.target),
+                view
+            );
+            assert!(trimmed.to_canonical().len() < whole.to_canonical().len() / 2);
+        }
     }
 
     #[test]

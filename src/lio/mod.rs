@@ -9,6 +9,7 @@ pub mod canonical;
 pub mod edit;
 pub mod managed;
 pub mod running;
+pub mod trim;
 
 use crate::describe::json_value as describe;
 use crate::error::ConfigProblem;
@@ -42,6 +43,28 @@ impl SaveConfig {
             return Err(ConfigProblem::Empty);
         }
         let value: Value = serde_json::from_slice(bytes).map_err(ConfigProblem::NotJson)?;
+        SaveConfig::from_value(value)
+    }
+
+    /// Reads a file for what [`managed::ManagedView`] reads only: the managed keys of its
+    /// storage objects and targets (see [`trim`]), parsed as it is read. Checked as
+    /// [`SaveConfig::parse`] checks; never written back.
+    pub fn read_managed(file: impl std::io::Read) -> Result<SaveConfig, ConfigProblem> {
+        let mut reader = std::io::BufReader::new(file);
+        let starts_empty = std::io::BufRead::fill_buf(&mut reader)
+            .map(|head| head.iter().all(u8::is_ascii_whitespace))
+            .unwrap_or(false);
+        let value = trim::read(reader, &trim::MANAGED).map_err(|e| {
+            if starts_empty && e.is_eof() {
+                ConfigProblem::Empty
+            } else {
+                ConfigProblem::NotJson(e)
+            }
+        })?;
+        SaveConfig::from_value(value)
+    }
+
+    fn from_value(value: Value) -> Result<SaveConfig, ConfigProblem> {
         let Value::Object(root) = value else {
             return Err(ConfigProblem::NotAnObject(describe(&value)));
         };
@@ -95,7 +118,7 @@ impl SaveConfig {
 
     /// The file as rtslib writes it: keys sorted, 2-space indent, trailing newline.
     pub fn to_canonical(&self) -> String {
-        canonical::to_string(&Value::Object(self.root.clone()))
+        canonical::to_string(&self.root)
     }
 }
 
@@ -188,6 +211,13 @@ mod tests {
             b"{\"targets\": {}}",
         ] {
             assert!(SaveConfig::parse(bytes).is_err(), "{bytes:?}");
+            assert!(SaveConfig::read_managed(bytes).is_err(), "{bytes:?}");
+        }
+        for bytes in [&b""[..], b"  \n"] {
+            assert!(matches!(
+                SaveConfig::read_managed(bytes),
+                Err(ConfigProblem::Empty)
+            ));
         }
     }
 
