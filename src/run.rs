@@ -413,8 +413,9 @@ fn plan_and_report(
     Ok(plan)
 }
 
-/// One line per decision: projections at info, skipped images as warnings (images that are
-/// simply not tagged at debug: a catalogue holds thousands), target changes at info.
+/// One line per decision: projections at info, skipped images as warnings (kept projections
+/// and images simply not tagged at debug: a catalogue holds thousands), target changes at
+/// info.
 /// On a terminal the report shows each decision once, and only the plan's warnings are
 /// logged; under journald each line carries fields (`REASON_CODE`, `IMAGE_ID`, `LUN`, ...).
 fn log_plan(plan: &Plan) {
@@ -450,8 +451,15 @@ fn log_plan(plan: &Plan) {
     for projection in &plan.projections {
         let lun = projection.lun.map(|lun| lun.to_string());
         let first = projection.images.first();
+        // A kept projection is news to nobody: at info, every run would log the whole
+        // catalogue (1,100 lines every 3 minutes at 1,000 images); the summary counts them.
+        let level = if projection.action == Action::Keep {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
         logger::decision(
-            log::Level::Info,
+            level,
             &[
                 ("action", Some(projection.action.as_str())),
                 ("kind", Some(projection.kind.as_str())),

@@ -5,10 +5,11 @@
 use crate::error::SourceError;
 use crate::policy::TlsSettings;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The client configuration for one endpoint (`what` names it in messages).
 pub fn client_config(
@@ -26,45 +27,49 @@ pub fn client_config(
         );
         return Ok(builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification { provider }))
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                provider,
+                trust: Trust::Nothing,
+            }))
             .with_no_client_auth());
     }
+    let Some(path) = &settings.ca_bundle else {
+        // The system store is read on the first handshake: plain HTTP endpoints never
+        // need it.
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                provider,
+                trust: Trust::SystemStore {
+                    what,
+                    verifier: OnceLock::new(),
+                },
+            }))
+            .with_no_client_auth());
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls(format!("cannot read ca_bundle {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(tls(format!(
+            "ca_bundle {} holds no certificate",
+            path.display()
+        )));
+    }
     let mut roots = RootCertStore::empty();
-    match &settings.ca_bundle {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| tls(format!("cannot read ca_bundle {}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(tls(format!(
-                    "ca_bundle {} holds no certificate",
-                    path.display()
-                )));
-            }
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| tls(format!("bad certificate in {}: {e}", path.display())))?;
-            }
-        }
-        None => {
-            let system = system_roots();
-            if system.is_empty() {
-                log::warn!("{what}: no CA certificates found in the system store; set ca_bundle");
-            }
-            return Ok(builder
-                .with_root_certificates(system.clone())
-                .with_no_client_auth());
-        }
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| tls(format!("bad certificate in {}: {e}", path.display())))?;
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
-/// Accepts any server certificate (still checks handshake signatures are well formed).
-/// The system's CA store, read once per process: IMS and S3 share it (reading and parsing
-/// a few hundred certificates twice was a tenth of a no-op run's CPU).
+/// The system's CA store, read once per process and only when a handshake needs it (IMS
+/// and S3 share it; reading and parsing a few hundred certificates was a tenth of a no-op
+/// run's CPU).
 fn system_roots() -> &'static Arc<RootCertStore> {
-    static ROOTS: std::sync::OnceLock<Arc<RootCertStore>> = std::sync::OnceLock::new();
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let found = rustls_native_certs::load_native_certs();
         for error in &found.errors {
@@ -76,21 +81,55 @@ fn system_roots() -> &'static Arc<RootCertStore> {
     })
 }
 
+/// What a server certificate is checked against.
 #[derive(Debug)]
-struct NoVerification {
-    provider: Arc<rustls::crypto::CryptoProvider>,
+enum Trust {
+    /// Nothing: `insecure: true`.
+    Nothing,
+    /// The system's CA store, built into a verifier on the first handshake.
+    SystemStore {
+        what: &'static str,
+        verifier: OnceLock<Result<Arc<WebPkiServerVerifier>, String>>,
+    },
 }
 
-impl ServerCertVerifier for NoVerification {
+#[derive(Debug)]
+struct Verifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    trust: Trust,
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Trust::SystemStore { what, verifier } = &self.trust else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let verifier = verifier.get_or_init(|| {
+            let roots = system_roots();
+            if roots.is_empty() {
+                log::warn!("{what}: no CA certificates found in the system store; set ca_bundle");
+            }
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| format!("cannot verify with the system CA store: {e}"))
+        });
+        match verifier {
+            Ok(verifier) => verifier.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
+            Err(problem) => Err(rustls::Error::General(problem.clone())),
+        }
     }
 
     fn verify_tls12_signature(

@@ -302,6 +302,18 @@ fn ims_over_https_is_verified() {
         "{message}"
     );
     assert_no_token(&run);
+    // Without ca_bundle the system store decides (read at the first handshake): a store
+    // holding the CA lets the run through.
+    let run = sandbox
+        .run_command(
+            sandbox
+                .command()
+                .env("SSL_CERT_FILE", sandbox.path("ca.pem"))
+                .env("SSL_CERT_DIR", sandbox.path("no-such-dir"))
+                .arg("--dry-run"),
+        )
+        .expect(0);
+    assert!(!run.stderr.contains("TLS verification is off"));
 
     sandbox.write_policy_with(
         "",

@@ -197,9 +197,24 @@ fn under_systemd_lines_carry_syslog_priorities() {
         "{}",
         run.stderr
     );
-    // Kept projections are decisions too.
+    // Kept projections are decisions too, at debug: a run does not list the catalogue.
     assert!(
-        run.stderr.lines().any(|l| l.starts_with("<6>  keep ")),
+        run.stderr.lines().all(|l| !l.contains("  keep ")),
+        "{}",
+        run.stderr
+    );
+    let run = sandbox
+        .run_command(
+            sandbox
+                .command()
+                .env("JOURNAL_STREAM", "8:12345")
+                .args(["-v", "--dry-run"]),
+        )
+        .expect(0);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("<7>debug:   keep ")),
         "{}",
         run.stderr
     );
