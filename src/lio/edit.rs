@@ -43,7 +43,7 @@ pub fn sync_storage_objects(
             Some(want) if seen.insert(name.clone()) => {
                 let differences = found.differences(want);
                 if !differences.is_empty() {
-                    want.write_into(so);
+                    want.write_into(std::sync::Arc::make_mut(so));
                     edits.updated.insert(name, differences);
                 }
                 true
@@ -59,7 +59,7 @@ pub fn sync_storage_objects(
         if !seen.contains(*name) {
             config
                 .storage_objects_mut()
-                .push(object.storage_object(name));
+                .push(std::sync::Arc::new(object.storage_object(name)));
         }
     }
     edits

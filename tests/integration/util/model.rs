@@ -132,7 +132,7 @@ pub fn storage_object(config: &SaveConfig, name: &str) -> Option<Value> {
         .storage_objects()
         .iter()
         .find(|so| so["name"] == json!(name))
-        .cloned()
+        .map(|so| so.as_ref().clone())
 }
 
 /// TPG 1 of the policy's target.
