@@ -52,26 +52,42 @@ impl CurrentFile {
     /// A missing file is an empty configuration; an empty or unreadable one is an error, and
     /// so is one larger than [`MAX_SAVECONFIG_BYTES`].
     pub fn read(path: &Path) -> Result<CurrentFile, Error> {
+        let bytes = Self::read_bytes(path)?;
+        Self::parse(path, bytes)
+    }
+
+    /// The file read again, as `self` when its bytes did not change (it is parsed again
+    /// only when they did: at 5,500 LUNs a second parse held 14 MiB more through the
+    /// apply). The flag says whether they changed.
+    pub fn read_again(self, path: &Path) -> Result<(CurrentFile, bool), Error> {
+        let bytes = Self::read_bytes(path)?;
+        if bytes == self.bytes {
+            return Ok((self, false));
+        }
+        drop(self);
+        Ok((Self::parse(path, bytes)?, true))
+    }
+
+    fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, Error> {
         match crate::fsio::read_regular(path, MAX_SAVECONFIG_BYTES) {
-            Ok(bytes) => {
-                let config = SaveConfig::parse(&bytes).map_err(|problem| Error::CurrentConfig {
-                    path: path.to_owned(),
-                    problem,
-                })?;
-                Ok(CurrentFile {
-                    bytes: Some(bytes),
-                    config,
-                })
-            }
-            Err(e) if e.is_not_found() => Ok(CurrentFile {
-                bytes: None,
-                config: SaveConfig::empty(),
-            }),
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.is_not_found() => Ok(None),
             Err(source) => Err(Error::CurrentConfigRead {
                 path: path.to_owned(),
                 source,
             }),
         }
+    }
+
+    fn parse(path: &Path, bytes: Option<Vec<u8>>) -> Result<CurrentFile, Error> {
+        let config = match &bytes {
+            Some(bytes) => SaveConfig::parse(bytes).map_err(|problem| Error::CurrentConfig {
+                path: path.to_owned(),
+                problem,
+            })?,
+            None => SaveConfig::empty(),
+        };
+        Ok(CurrentFile { bytes, config })
     }
 }
 
@@ -165,19 +181,20 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     };
     // The file or the running target may have changed while we read the catalogue without
     // the lock: plan again against what is there now (the planner is cheap and pure).
-    let current_now = CurrentFile::read(&policy.lio.saveconfig)?;
+    let (current, file_changed) = current.read_again(&policy.lio.saveconfig)?;
     let running_now = read_running(&policy)?;
-    let (current, plan) = if current_now.bytes == current.bytes && running_now == running {
-        (current, plan)
+    let plan = if !file_changed && running_now == running {
+        plan
     } else {
         log::info!("the configuration changed during the run; planning again");
-        let plan = plan_and_report(&inputs, &current_now, running_now.as_ref(), cli, record)?;
+        drop(plan);
+        let plan = plan_and_report(&inputs, &current, running_now.as_ref(), cli, record)?;
         if !plan.needs_apply() {
             write_ledger(&sources, ledger.as_ref(), &plan, record);
             log_summary(&plan, false, false);
             return Ok(Exit::Success);
         }
-        (current_now, plan)
+        plan
     };
 
     // Sources that took the whole allowance leave no time to change the target safely.
@@ -658,5 +675,38 @@ fn print(report: &Report, output: Output) {
         Output::Text => {
             let _ = write_stdout(&report.to_text());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under the lock the file is read again: parsed again only when it changed.
+    #[test]
+    fn the_file_read_again_is_parsed_again_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("saveconfig.json");
+        let one = "{\n  \"storage_objects\": [],\n  \"targets\": []\n}\n";
+        std::fs::write(&path, one).unwrap();
+        let first = CurrentFile::read(&path).unwrap();
+
+        let (same, changed) = first.clone().read_again(&path).unwrap();
+        assert!(!changed);
+        assert_eq!(same.bytes, first.bytes);
+
+        std::fs::write(&path, "{\n  \"targets\": [],\n  \"x\": 1\n}\n").unwrap();
+        let (other, changed) = first.clone().read_again(&path).unwrap();
+        assert!(changed);
+        assert!(other.config.to_canonical().contains("\"x\": 1"));
+
+        std::fs::remove_file(&path).unwrap();
+        let (gone, changed) = first.clone().read_again(&path).unwrap();
+        assert!(changed);
+        assert_eq!(gone.bytes, None);
+        assert_eq!(gone.config, SaveConfig::empty());
+
+        std::fs::write(&path, "not json").unwrap();
+        assert!(first.read_again(&path).is_err());
     }
 }
