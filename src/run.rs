@@ -145,8 +145,11 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     let policy = load_policy(cli)?;
     record.metrics_file.clone_from(&policy.metrics_file);
     let deadline = Deadline::after(policy.safety.run_deadline);
+    // The sources first: they start the bucket's listings, which the server answers while
+    // the current file is read.
+    let sources = sources::open(&policy, deadline)?;
     let current = CurrentFile::read(&policy.lio.saveconfig)?;
-    let (sources, snapshot) = read_catalogue(&policy, deadline, &current)?;
+    let snapshot = sources::collect(&policy, &sources, &grace_files(&policy, &current))?;
     let ledger = read_ledger(&policy, &sources)?;
     let running = read_running(&policy)?;
     let inputs = Inputs {
@@ -448,6 +451,9 @@ fn log_plan(plan: &Plan) {
         } else {
             log::Level::Warn
         };
+        if level > log::max_level() {
+            continue;
+        }
         logger::decision(
             level,
             &[
@@ -466,8 +472,6 @@ fn log_plan(plan: &Plan) {
         );
     }
     for projection in &plan.projections {
-        let lun = projection.lun.map(|lun| lun.to_string());
-        let first = projection.images.first();
         // A kept projection is news to nobody: at info, every run would log the whole
         // catalogue (1,100 lines every 3 minutes at 1,000 images); the summary counts them.
         let level = if projection.action == Action::Keep {
@@ -475,6 +479,12 @@ fn log_plan(plan: &Plan) {
         } else {
             log::Level::Info
         };
+        if level > log::max_level() {
+            // Not written: not formatted either.
+            continue;
+        }
+        let lun = projection.lun.map(|lun| lun.to_string());
+        let first = projection.images.first();
         logger::decision(
             level,
             &[

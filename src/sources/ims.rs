@@ -6,6 +6,7 @@ use crate::deadline::{backoff, Deadline};
 use crate::error::SourceError;
 use crate::image::{parse_answer, ImageEntry};
 use crate::policy::ImsHttp;
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Runtime;
@@ -20,7 +21,12 @@ pub struct ImsClient {
     client: reqwest::Client,
     runtime: Arc<Runtime>,
     deadline: Deadline,
+    /// The first request, sent ahead of need, with the token it carries.
+    started: RefCell<Option<(Option<String>, Answer)>>,
 }
+
+/// A request under way.
+type Answer = tokio::task::JoinHandle<Result<Vec<u8>, SourceError>>;
 
 impl ImsClient {
     pub fn new(
@@ -34,68 +40,80 @@ impl ImsClient {
             client,
             runtime,
             deadline,
+            started: RefCell::new(None),
         })
     }
 
-    fn request_error(&self, error: reqwest::Error, timeout: Duration) -> SourceError {
+    /// Sends the first request now (on the runtime's worker), so that IMS answers while
+    /// the run reads its files; [`ImageList::records`] collects it.
+    fn start_request(&self) {
+        let Ok(token) = auth::token(&self.settings.auth, &self.deadline) else {
+            // `records` asks again and reports it.
+            return;
+        };
+        let timeout = self.deadline.cap(self.settings.timeout);
+        let request = get(
+            self.client.clone(),
+            self.settings.url.clone(),
+            token.clone(),
+            timeout,
+        );
+        let answer = self.runtime.spawn(request);
+        *self.started.borrow_mut() = Some((token, answer));
+    }
+}
+
+/// One GET of the image list: the answer's bytes, at most [`MAX_ANSWER_BYTES`].
+async fn get(
+    client: reqwest::Client,
+    url: String,
+    token: Option<String>,
+    timeout: Duration,
+) -> Result<Vec<u8>, SourceError> {
+    let request_error = |error: reqwest::Error| {
         if error.is_timeout() {
             SourceError::ImsTimeout {
-                url: self.settings.url.clone(),
+                url: url.clone(),
                 timeout,
             }
         } else {
             SourceError::ImsRequest {
-                url: self.settings.url.clone(),
+                url: url.clone(),
                 source: Box::new(error),
             }
         }
+    };
+    let mut request = client.get(&url).timeout(timeout);
+    if let Some(token) = &token {
+        request = request.bearer_auth(token);
     }
-
-    /// One `GET <url>`, within `timeout`: the body of a success, else the error.
-    fn fetch(&self, token: Option<&str>, timeout: Duration) -> Result<Vec<u8>, SourceError> {
-        let url = &self.settings.url;
-        self.runtime.block_on(async {
-            let mut request = self.client.get(url).timeout(timeout);
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
-            let mut response = request
-                .send()
-                .await
-                .map_err(|e| self.request_error(e, timeout))?;
-            let status = response.status();
-            let mut body = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| self.request_error(e, timeout))?
-            {
-                body.extend_from_slice(&chunk);
-                if body.len() > MAX_ANSWER_BYTES {
-                    return Err(SourceError::ImsTooLarge {
-                        url: url.clone(),
-                        limit: MAX_ANSWER_BYTES,
-                    });
-                }
-            }
-            if status.is_success() {
-                Ok(body)
-            } else {
-                let text = String::from_utf8_lossy(&body);
-                let excerpt: String = text.chars().take(EXCERPT_CHARS).collect();
-                Err(SourceError::ImsStatus {
-                    url: url.clone(),
-                    status: status.to_string(),
-                    code: status.as_u16(),
-                    refused: matches!(status.as_u16(), 401 | 403),
-                    excerpt: excerpt.trim().to_string(),
-                })
-            }
+    let mut response = request.send().await.map_err(request_error)?;
+    let status = response.status();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ANSWER_BYTES {
+            return Err(SourceError::ImsTooLarge {
+                url: url.clone(),
+                limit: MAX_ANSWER_BYTES,
+            });
+        }
+    }
+    if status.is_success() {
+        Ok(body)
+    } else {
+        let text = String::from_utf8_lossy(&body);
+        let excerpt: String = text.chars().take(EXCERPT_CHARS).collect();
+        Err(SourceError::ImsStatus {
+            url: url.clone(),
+            status: status.to_string(),
+            code: status.as_u16(),
+            refused: matches!(status.as_u16(), 401 | 403),
+            excerpt: excerpt.trim().to_string(),
         })
     }
 }
 
-/// Failures worth another try: the server or the way to it may be back in a moment.
 fn transient(error: &SourceError) -> bool {
     match error {
         SourceError::ImsTimeout { .. } | SourceError::ImsRequest { .. } => true,
@@ -105,10 +123,17 @@ fn transient(error: &SourceError) -> bool {
 }
 
 impl ImageList for ImsClient {
+    fn start(&self) {
+        self.start_request();
+    }
+
     fn records(&self) -> Result<Vec<ImageEntry>, SourceError> {
-        // The token is fetched (or re-read) on every run, and never logged.
-        let token = auth::token(&self.settings.auth, &self.deadline)?;
         let url = &self.settings.url;
+        // The token is fetched (or re-read) on every run, and never logged.
+        let (token, mut first) = match self.started.borrow_mut().take() {
+            Some((token, answer)) => (token, self.runtime.block_on(answer).ok()),
+            None => (auth::token(&self.settings.auth, &self.deadline)?, None),
+        };
         let mut attempt = 0;
         let bytes = loop {
             if self.deadline.passed() {
@@ -118,7 +143,16 @@ impl ImageList for ImsClient {
                 });
             }
             let timeout = self.deadline.cap(self.settings.timeout);
-            match self.fetch(token.as_deref(), timeout) {
+            let answer = match first.take() {
+                Some(answer) => answer,
+                None => self.runtime.block_on(get(
+                    self.client.clone(),
+                    url.clone(),
+                    token.clone(),
+                    timeout,
+                )),
+            };
+            match answer {
                 Ok(bytes) => break bytes,
                 Err(error) if transient(&error) && attempt < self.settings.retries => {
                     let pause = backoff(attempt);

@@ -31,6 +31,9 @@ use std::rc::Rc;
 
 /// Where the IMS image list comes from.
 pub trait ImageList {
+    /// Asks now for what [`ImageList::records`] will return, where that is a request: it is
+    /// under way while the run does other work.
+    fn start(&self) {}
     /// The records of `GET /v3/images`, each parsed. An answer that is not a JSON array is
     /// an error (the run changes nothing); odd records inside it are not.
     fn records(&self) -> Result<Vec<ImageEntry>, SourceError>;
@@ -94,7 +97,10 @@ pub fn open(policy: &Policy, deadline: Deadline) -> Result<Sources, SourceError>
         Some(ImsSource::File(path)) => Box::new(offline::ImsFile { path: path.clone() }),
         #[cfg(feature = "live")]
         Some(ImsSource::Http(settings)) => {
-            Box::new(ims::ImsClient::new(settings, runtime.clone(), deadline)?)
+            let client = ims::ImsClient::new(settings, runtime.clone(), deadline)?;
+            // Sent now, answered while the bucket's client and cache are set up.
+            client.start();
+            Box::new(client)
         }
         #[cfg(not(feature = "live"))]
         Some(ImsSource::Http(_)) => return Err(SourceError::NoLiveSources),
@@ -130,6 +136,9 @@ pub fn open(policy: &Policy, deadline: Deadline) -> Result<Sources, SourceError>
         #[cfg(feature = "live")]
         bucket,
     )?;
+    // Asked for now, collected when needed: the server answers while the run reads the
+    // current configuration, IMS and the mount.
+    store.start_listing(&listed_every_run(policy));
     Ok(Sources {
         images,
         store,
@@ -141,7 +150,10 @@ pub fn open(policy: &Policy, deadline: Deadline) -> Result<Sources, SourceError>
 /// One single-threaded runtime drives every live request of a run.
 #[cfg(feature = "live")]
 fn live_runtime() -> Result<std::sync::Arc<tokio::runtime::Runtime>, SourceError> {
-    tokio::runtime::Builder::new_current_thread()
+    // One worker: requests sent ahead of need (IMS, the listings every run makes) go out
+    // and are answered while the run reads its files; the rest waits on block_on.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .map(std::sync::Arc::new)
@@ -220,7 +232,6 @@ pub fn collect(
     // LUN (the old agent un-projected everything during an s3fs outage).
     sources.mount.check_root(catalogue.require_mountpoint)?;
 
-    sources.store.start_listing(&listed_every_run(policy));
     let images: Vec<ImageEntry> = sources.images.records()?;
 
     let manifest_keys: BTreeSet<String> = images
