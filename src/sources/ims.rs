@@ -114,6 +114,7 @@ async fn get(
     }
 }
 
+/// Failures worth another try: the server or the way to it may be back in a moment.
 fn transient(error: &SourceError) -> bool {
     match error {
         SourceError::ImsTimeout { .. } | SourceError::ImsRequest { .. } => true,

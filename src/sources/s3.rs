@@ -135,12 +135,11 @@ impl S3Store {
     }
 
     /// Sends the listings of `prefixes` now, to be collected when they are needed: the
-    /// server answers while the run reads IMS and the mount, instead of after. A full
-    /// reading lists the whole bucket once (every prefix is in it).
+    /// server answers while the run reads its files, IMS and the mount, instead of after. A
+    /// full reading lists the whole bucket once (every prefix and image is in it).
     fn start(&self, prefixes: &BTreeSet<String>) {
         let wanted: Vec<&str> = match self.reading {
-            Reading::Full if !prefixes.is_empty() => vec![""],
-            Reading::Full => Vec::new(),
+            Reading::Full => vec![""],
             Reading::Incremental => prefixes.iter().map(String::as_str).collect(),
         };
         let mut started = self.started.borrow_mut();
