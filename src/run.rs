@@ -145,11 +145,7 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     let policy = load_policy(cli)?;
     record.metrics_file.clone_from(&policy.metrics_file);
     let deadline = Deadline::after(policy.safety.run_deadline);
-    // The sources first: they start the bucket's listings, which the server answers while
-    // the current file is read.
-    let sources = sources::open(&policy, deadline)?;
-    let current = CurrentFile::read(&policy.lio.saveconfig)?;
-    let snapshot = sources::collect(&policy, &sources, &grace_files(&policy, &current))?;
+    let (current, sources, snapshot) = read_catalogue(&policy, deadline)?;
     let ledger = read_ledger(&policy, &sources)?;
     let running = read_running(&policy)?;
     let inputs = Inputs {
@@ -303,16 +299,18 @@ fn changed_exit(cli: &Cli) -> Exit {
     }
 }
 
-/// Opens the sources and reads the catalogue. With a removal grace, the mount is also asked
-/// about the files of the LUNs in place (a file gone ends its grace).
+/// Opens the sources, reads the current file, then the catalogue. The sources open first:
+/// they start the bucket's listings, which the server answers while the file is read. With
+/// a removal grace, the mount is also asked about the files of the LUNs in place (a file
+/// gone ends its grace).
 fn read_catalogue(
     policy: &Policy,
     deadline: Deadline,
-    current: &CurrentFile,
-) -> Result<(sources::Sources, Snapshot), Error> {
+) -> Result<(CurrentFile, sources::Sources, Snapshot), Error> {
     let sources = sources::open(policy, deadline)?;
-    let snapshot = sources::collect(policy, &sources, &grace_files(policy, current))?;
-    Ok((sources, snapshot))
+    let current = CurrentFile::read(&policy.lio.saveconfig)?;
+    let snapshot = sources::collect(policy, &sources, &grace_files(policy, &current))?;
+    Ok((current, sources, snapshot))
 }
 
 /// With a removal grace, the files of the LUNs in place (a file gone ends its grace).
@@ -614,9 +612,8 @@ fn status_command(cli: &Cli) -> Exit {
 fn explain_command(cli: &Cli, query: &str) -> Exit {
     let result = (|| {
         let policy = load_policy(cli)?;
-        let current = CurrentFile::read(&policy.lio.saveconfig)?;
         let deadline = Deadline::after(policy.safety.run_deadline);
-        let (sources, snapshot) = read_catalogue(&policy, deadline, &current)?;
+        let (current, sources, snapshot) = read_catalogue(&policy, deadline)?;
         let ledger = read_ledger(&policy, &sources)?;
         let running = read_running(&policy)?;
         let inputs = Inputs {

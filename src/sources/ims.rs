@@ -43,24 +43,6 @@ impl ImsClient {
             started: RefCell::new(None),
         })
     }
-
-    /// Sends the first request now (on the runtime's worker), so that IMS answers while
-    /// the run reads its files; [`ImageList::records`] collects it.
-    fn start_request(&self) {
-        let Ok(token) = auth::token(&self.settings.auth, &self.deadline) else {
-            // `records` asks again and reports it.
-            return;
-        };
-        let timeout = self.deadline.cap(self.settings.timeout);
-        let request = get(
-            self.client.clone(),
-            self.settings.url.clone(),
-            token.clone(),
-            timeout,
-        );
-        let answer = self.runtime.spawn(request);
-        *self.started.borrow_mut() = Some((token, answer));
-    }
 }
 
 /// One GET of the image list: the answer's bytes, at most [`MAX_ANSWER_BYTES`].
@@ -124,8 +106,22 @@ fn transient(error: &SourceError) -> bool {
 }
 
 impl ImageList for ImsClient {
+    /// Sends the first request now (on the runtime's worker), so that IMS answers while
+    /// the run reads its files; [`ImageList::records`] collects it.
     fn start(&self) {
-        self.start_request();
+        let Ok(token) = auth::token(&self.settings.auth, &self.deadline) else {
+            // `records` asks again and reports it.
+            return;
+        };
+        let timeout = self.deadline.cap(self.settings.timeout);
+        let request = get(
+            self.client.clone(),
+            self.settings.url.clone(),
+            token.clone(),
+            timeout,
+        );
+        let answer = self.runtime.spawn(request);
+        *self.started.borrow_mut() = Some((token, answer));
     }
 
     fn records(&self) -> Result<Vec<ImageEntry>, SourceError> {

@@ -170,11 +170,10 @@ impl S3Store {
         prefix: &str,
         started: Option<Listing>,
     ) -> Result<BTreeMap<String, ObjectInfo>, SourceError> {
-        if let Some(Ok(outcome)) = match started {
-            Some(listing) => Some(listing.await),
-            None => None,
-        } {
-            return outcome;
+        if let Some(listing) = started {
+            if let Ok(outcome) = listing.await {
+                return outcome;
+            }
         }
         // Not started, or the task was lost: list now.
         self.list_task(prefix.to_string()).await
