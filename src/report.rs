@@ -68,6 +68,10 @@ pub struct LedgerReport {
     pub found: bool,
     /// How many other targets' ledgers were read under the prefix.
     pub fleet_targets: usize,
+    /// Whether the run planned with the ledger as this worker last read or wrote it (kept in
+    /// `catalogue.s3.cache_dir`), without asking the bucket: a run that changes nothing,
+    /// between full verifications.
+    pub remembered: bool,
     pub outcome: LedgerOutcome,
 }
 

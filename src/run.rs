@@ -146,16 +146,17 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     record.metrics_file.clone_from(&policy.metrics_file);
     let deadline = Deadline::after(policy.safety.run_deadline);
     let (current, sources, snapshot) = read_catalogue(&policy, deadline)?;
-    let ledger = read_ledger(&policy, &sources)?;
     let running = read_running(&policy)?;
+    let now = now_unix();
+    let (ledger, plan) = plan_with_ledger(&policy, &snapshot, &sources, &current, &running, now)?;
     let inputs = Inputs {
         policy: &policy,
         snapshot: &snapshot,
         ledger: ledger.as_ref(),
-        now: now_unix(),
+        now,
     };
 
-    let plan = plan_and_report(&inputs, &current, running.as_ref(), cli, record)?;
+    let plan = report_plan(&inputs, &current, running.as_ref(), plan, cli, record)?;
     let failures = FailureLog::new(&policy.lio.state_dir);
     if !plan.needs_apply() {
         if !cli.dry_run {
@@ -187,7 +188,8 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     } else {
         log::info!("the configuration changed during the run; planning again");
         drop(plan);
-        let plan = plan_and_report(&inputs, &current, running_now.as_ref(), cli, record)?;
+        let plan = inputs.plan(&current, running_now.as_ref());
+        let plan = report_plan(&inputs, &current, running_now.as_ref(), plan, cli, record)?;
         if !plan.needs_apply() {
             write_ledger(&sources, ledger.as_ref(), &plan, record);
             log_summary(&plan, false, false);
@@ -322,6 +324,45 @@ fn grace_files(policy: &Policy, current: &CurrentFile) -> std::collections::BTre
     }
 }
 
+/// The ledger to plan with, and the plan. A run that changes nothing needs no news from the
+/// bucket: a worker that remembers its ledger (between full verifications) plans with it
+/// first, and keeps that plan when it changes neither the target nor the ledger. Any other
+/// plan (a LUN to number, remove or adopt, a grace to start) is made with the ledgers read
+/// from the store, its own and the fleet's.
+fn plan_with_ledger(
+    policy: &Policy,
+    snapshot: &Snapshot,
+    sources: &sources::Sources,
+    current: &CurrentFile,
+    running: &Option<RunningState>,
+    now: u64,
+) -> Result<(Option<LedgerRead>, Plan), Error> {
+    let plan_with = |ledger: Option<&LedgerRead>| {
+        let inputs = Inputs {
+            policy,
+            snapshot,
+            ledger,
+            now,
+        };
+        inputs.plan(current, running.as_ref())
+    };
+    let remembered = sources
+        .ledger
+        .as_ref()
+        .and_then(|store| ledger_store::remembered(store.as_ref(), policy));
+    if let Some(read) = remembered {
+        let plan = plan_with(Some(&read));
+        let leaves_ledger = plan.ledger.as_ref() == Some(&read.ledger);
+        if !plan.needs_apply() && leaves_ledger {
+            log::debug!("LUN ledger {}: as this worker last read it", read.place);
+            return Ok((Some(read), plan));
+        }
+    }
+    let ledger = read_ledger(policy, sources)?;
+    let plan = plan_with(ledger.as_ref());
+    Ok((ledger, plan))
+}
+
 /// The LUN ledger and the fleet's, when the policy keeps one.
 fn read_ledger(policy: &Policy, sources: &sources::Sources) -> Result<Option<LedgerRead>, Error> {
     match &sources.ledger {
@@ -335,6 +376,7 @@ fn ledger_report(read: &LedgerRead) -> LedgerReport {
         place: read.place.clone(),
         found: read.found,
         fleet_targets: read.fleet_targets,
+        remembered: read.remembered,
         outcome: LedgerOutcome::NotWritten,
     }
 }
@@ -406,15 +448,15 @@ impl Inputs<'_> {
     }
 }
 
-/// Plans, reports and logs the plan, and checks it against the safety limits.
-fn plan_and_report(
+/// Reports and logs the plan, and checks it against the safety limits.
+fn report_plan(
     inputs: &Inputs,
     current: &CurrentFile,
     running: Option<&RunningState>,
+    plan: Plan,
     cli: &Cli,
     record: &mut RunRecord,
 ) -> Result<Plan, Error> {
-    let plan = inputs.plan(current, running);
     record.report = Report::of_plan(
         inputs.policy,
         inputs.snapshot,

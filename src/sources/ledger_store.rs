@@ -53,6 +53,12 @@ pub trait LedgerStore {
     /// Where it is, for messages.
     fn place(&self) -> String;
     fn read(&self) -> Result<Stored, BoxError>;
+    /// The ledger as this worker last read or wrote it, when a run may plan with it without
+    /// asking (a run that then changes neither the target nor the ledger needs no news from
+    /// the store); `None`: ask.
+    fn remembered(&self) -> Option<Stored> {
+        None
+    }
     /// The other targets' ledgers.
     fn fleet(&self) -> Vec<FleetLedger>;
     /// Writes `bytes` only if the ledger is still at `version`.
@@ -138,6 +144,16 @@ impl LedgerStore for BucketLedger {
         })
     }
 
+    /// Remembered between full verifications (`catalogue.s3.verify_interval`), which read the
+    /// bucket's ledgers whatever the plan.
+    fn remembered(&self) -> Option<Stored> {
+        let (bytes, etag) = self.store.remembered_ledger(&self.key)?;
+        Some(Stored {
+            bytes: Some(bytes),
+            version: Version::ETag(etag),
+        })
+    }
+
     fn fleet(&self) -> Vec<FleetLedger> {
         let listed = match self.store.ledgers(&self.prefix) {
             Ok(listed) => listed,
@@ -188,6 +204,8 @@ pub struct LedgerRead {
     pub fleet: BTreeMap<String, u32>,
     /// How many other targets' ledgers were read.
     pub fleet_targets: usize,
+    /// Read from what this worker remembers, not from the store (no fleet).
+    pub remembered: bool,
 }
 
 /// Reads the ledger and the fleet's. A ledger that cannot be read or used is an error: a run
@@ -236,6 +254,24 @@ pub fn read(store: &dyn LedgerStore, policy: &Policy) -> Result<LedgerRead, Sour
         version: stored.version,
         fleet: fleet_numbers(&others),
         fleet_targets: others.len(),
+        remembered: false,
+    })
+}
+
+/// The ledger as this worker remembers it, without the fleet's, when the store keeps one
+/// (see [`LedgerStore::remembered`]). One that does not parse is not remembered: [`read`]
+/// then says what is wrong with the stored one.
+pub fn remembered(store: &dyn LedgerStore, policy: &Policy) -> Option<LedgerRead> {
+    let stored = store.remembered()?;
+    let ledger = Ledger::parse(stored.bytes.as_deref()?, &policy.target.iqn).ok()?;
+    Some(LedgerRead {
+        place: store.place(),
+        ledger,
+        found: true,
+        version: stored.version,
+        fleet: BTreeMap::new(),
+        fleet_targets: 0,
+        remembered: true,
     })
 }
 

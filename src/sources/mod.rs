@@ -137,8 +137,10 @@ pub fn open(policy: &Policy, deadline: Deadline) -> Result<Sources, SourceError>
         bucket,
     )?;
     // Asked for now, collected when needed: the server answers while the run reads the
-    // current configuration, IMS and the mount.
-    store.start_listing(&listed_every_run(policy));
+    // current configuration, IMS and the mount. A remembered ledger is listed only if the
+    // plan needs the bucket's.
+    let remembers_ledger = ledger.as_ref().is_some_and(|l| l.remembered().is_some());
+    store.start_listing(&listed_every_run(policy, !remembers_ledger));
     Ok(Sources {
         images,
         store,
@@ -209,19 +211,20 @@ fn verified(
         .collect()
 }
 
-/// Gathers a snapshot: the IMS records, the manifests of the images that pass the tag filter,
-/// the S3 facts and mount entries of their rootfs files, and the PE candidates. The mount
-/// is also asked about `also_stat` (the files of LUNs in place, for the removal grace).
-/// The prefixes every run lists: the PE prefixes and prefix sources, and the ledgers'.
-fn listed_every_run(policy: &Policy) -> BTreeSet<String> {
+/// The prefixes every run lists: the PE prefixes and prefix sources, and the ledgers' when
+/// `ledgers`.
+fn listed_every_run(policy: &Policy, ledgers: bool) -> BTreeSet<String> {
     let sources = policy.catalogue.sources.iter().map(|s| s.prefix.clone());
     let ledgers = match &policy.ledger {
-        Some(crate::policy::LedgerPlace::Bucket { prefix, .. }) => Some(prefix.clone()),
+        Some(crate::policy::LedgerPlace::Bucket { prefix, .. }) if ledgers => Some(prefix.clone()),
         _ => None,
     };
     sources.chain(ledgers).collect()
 }
 
+/// Gathers a snapshot: the IMS records, the manifests of the images that pass the tag filter,
+/// the S3 facts and mount entries of their rootfs files, and the PE candidates. The mount
+/// is also asked about `also_stat` (the files of LUNs in place, for the removal grace).
 pub fn collect(
     policy: &Policy,
     sources: &Sources,

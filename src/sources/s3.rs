@@ -51,7 +51,8 @@ pub enum Reading {
     /// full verification is older than `catalogue.s3.verify_interval`.
     Full,
     /// Verified images are trusted; only what changes is listed (the PE prefixes, the
-    /// ledgers) and the folder of each image not verified yet.
+    /// ledgers when the plan needs the bucket's) and the folder of each image not verified
+    /// yet.
     Incremental,
 }
 
@@ -700,6 +701,17 @@ impl S3Store {
             .borrow_mut()
             .retain_ledgers(&|key| ledgers.contains_key(key));
         Ok(ledgers)
+    }
+
+    /// The ledger at `key` as this worker last read or wrote it (bytes and ETag), between
+    /// full verifications: `None` on a full reading, which reads the ledgers again.
+    pub fn remembered_ledger(&self, key: &str) -> Option<(Vec<u8>, String)> {
+        if self.reading == Reading::Full {
+            return None;
+        }
+        let cache = self.cache.borrow();
+        let (etag, bytes) = cache.last_ledger(key)?;
+        Some((bytes.as_bytes().to_vec(), etag.to_string()))
     }
 
     /// A ledger's bytes, from the cache when its ETag is the one listed, else GET (at most

@@ -4,7 +4,8 @@
 //! - images verified: IMS writes an image's manifest and rootfs once, so once the rootfs
 //!   object was seen with the manifest's ETag, later runs trust both until the next full
 //!   verification (the mount is still checked every run);
-//! - ledgers read or written, by key and ETag;
+//! - ledgers read or written, by key and ETag (a run that changes nothing plans with the
+//!   target's own as last read or written, until the next full verification);
 //! - when the whole bucket was last listed.
 //!
 //! The cache is safe to delete at any time (the next run verifies everything) and is ignored
@@ -140,6 +141,14 @@ impl S3Cache {
             .get(key)
             .filter(|cached| cached.etag == etag && !etag.is_empty())
             .map(|cached| cached.bytes.as_str())
+    }
+
+    /// The ledger at `key` as this worker last read or wrote it: its ETag and bytes.
+    pub fn last_ledger(&self, key: &str) -> Option<(&str, &str)> {
+        self.ledgers
+            .get(key)
+            .filter(|cached| !cached.etag.is_empty())
+            .map(|cached| (cached.etag.as_str(), cached.bytes.as_str()))
     }
 
     pub fn insert_ledger(&mut self, key: String, etag: String, bytes: String) {

@@ -318,7 +318,7 @@ fn a_file_ledger_is_written_only_once_the_target_is_as_planned() {
     let place = sandbox.path("var/luns.json").display().to_string();
     assert_eq!(
         report["ledger"],
-        json!({"place": place, "found": false, "fleet_targets": 0, "outcome": "written"})
+        json!({"place": place, "found": false, "fleet_targets": 0, "remembered": false, "outcome": "written"})
     );
     let ledger: Value = serde_json::from_str(&sandbox.read("var/luns.json").unwrap()).unwrap();
     assert_eq!(ledger["schema_version"], json!(1));
@@ -574,6 +574,54 @@ mod bucket {
         assert_eq!(numbers(&report), pairs(&[("b", 1), ("d", 3)]));
     }
 
+    /// Requests to the ledgers' prefix (listings of it, GETs and PUTs under it) since the
+    /// proxy was last cleared.
+    fn ledger_requests(live: &Live) -> Vec<String> {
+        live.s3
+            .proxy
+            .requests()
+            .into_iter()
+            .map(|r| format!("{} {}", r.method, r.target))
+            .filter(|r| r.contains("sbps-reconcile/luns/") || r.contains("sbps-reconcile%2Fluns"))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_that_changes_nothing_does_not_ask_the_bucket_for_ledgers() {
+        let Some(live) = Live::new(1000) else { return };
+        history(&live);
+        live.s3.proxy.clear();
+        let report = live.sandbox.run(&["--output", "json"]).expect(0).json();
+        assert_eq!(report["changed"], json!(false));
+        assert_eq!(report["ledger"]["remembered"], json!(true));
+        assert_eq!(report["ledger"]["found"], json!(true));
+        assert_eq!(report["ledger"]["outcome"], json!("unchanged"));
+        assert_eq!(ledger_requests(&live), Vec::<String>::new());
+
+        // A dry run that would number a new image reads the ledgers first.
+        live.image("d", b"rootfs d\n");
+        live.s3.proxy.clear();
+        let report = live
+            .sandbox
+            .run(&["--dry-run", "--output", "json"])
+            .expect(0)
+            .json();
+        assert_eq!(report["ledger"]["remembered"], json!(false));
+        assert!(!ledger_requests(&live).is_empty());
+        assert_eq!(numbers(&report), pairs(&[("b", 1), ("c", 2), ("d", 3)]));
+
+        // A full verification reads the ledgers whatever the plan.
+        unlist(&live, "d");
+        let catalogue = live.catalogue_for(&live.sandbox, 1000);
+        live.sandbox
+            .write_policy_with("", 10, &format!("{catalogue}    verify_interval: 0\n"));
+        live.s3.proxy.clear();
+        let report = live.sandbox.run(&["--output", "json"]).expect(0).json();
+        assert_eq!(report["changed"], json!(false), "{report:#}");
+        // (from the whole bucket's listing, which holds them)
+        assert_eq!(report["ledger"]["remembered"], json!(false));
+    }
+
     #[test]
     fn targets_sharing_the_prefix_give_an_image_the_same_number() {
         let Some(live) = Live::new(1000) else { return };
@@ -818,11 +866,19 @@ mod bucket {
         assert_eq!(since + 3600, until);
         entry["unwanted_since"] = json!(since - 3600);
         live.s3.put(&ledger_key(IQN), ledger.to_string().as_bytes());
+        // A run with nothing to change plans with the ledger as this worker wrote it: a hand
+        // edit can only delay a removal until the next full verification, never bring one.
+        let report = live.sandbox.run(&["--output", "json"]).expect(0).json();
+        assert_eq!(by_source(&report, "b")["action"], json!("keep"));
+        assert_eq!(report["ledger"]["remembered"], json!(true));
+        // Without the cache the run verifies everything, the ledger with it.
+        fs::remove_file(live.sandbox.path("cache/s3-cache.json")).unwrap();
         let report = live.sandbox.run(&["--output", "json"]).expect(0).json();
         assert_eq!(
             by_source(&report, "b")["action"],
             json!("remove"),
             "{report:#}"
         );
+        assert_eq!(report["ledger"]["remembered"], json!(false));
     }
 }

@@ -840,17 +840,19 @@ fn verified_images_are_trusted_and_only_what_changes_is_listed() {
     assert_eq!(requests.gets, ["a/manifest.json", "b/manifest.json"]);
     assert_eq!(first["summary"]["add"], json!(3));
 
-    // Nothing new: the PE prefix and the ledgers are listed; nothing is fetched.
+    // Nothing new: the PE prefix is listed; nothing is fetched (the ledger is the one this
+    // worker wrote).
     let (second, requests) = run(&["--output", "json"]);
     assert_eq!(
         requests,
         S3Requests {
-            listings: vec!["PE/".into(), "sbps-reconcile/luns/".into()],
+            listings: vec!["PE/".into()],
             gets: vec![],
             puts: vec![],
         }
     );
     assert_eq!(second["changed"], json!(false));
+    assert_eq!(second["ledger"]["remembered"], json!(true));
     let identities = |report: &Value| -> Vec<(Value, Value, Value)> {
         report["projections"]
             .as_array()
@@ -861,7 +863,8 @@ fn verified_images_are_trusted_and_only_what_changes_is_listed() {
     };
     assert_eq!(identities(&second), identities(&first));
 
-    // A new image: its folder is listed and its manifest fetched, nothing else.
+    // A new image: its folder is listed and its manifest fetched, and the ledgers read to
+    // number it; nothing else.
     live.image("c", b"rootfs c\n");
     let (third, requests) = run(&["--output", "json"]);
     assert_eq!(requests.listings, ["PE/", "c/", "sbps-reconcile/luns/"]);
