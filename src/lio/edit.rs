@@ -152,6 +152,29 @@ pub fn sync_luns(
     edits
 }
 
+/// Whether [`ensure_tpg1`], [`apply_tpg_settings`] and [`sync_luns`] would leave this TPG 1
+/// exactly as it is: then the planner does not copy the target to edit nothing (at 5,500
+/// LUNs its LUN list is the largest part of the file). Anything those edits would touch,
+/// even a missing list they would create, says no.
+pub fn tpg_untouched(
+    tpg: &Value,
+    target: &TargetPolicy,
+    wanted: &[(&str, u32)],
+    current: &BTreeMap<String, BTreeSet<u32>>,
+) -> bool {
+    let settings = TpgSettings::wanted(target);
+    let portal_entries = tpg.get("portals").and_then(Value::as_array).map(Vec::len);
+    let shaped = tpg.get("attributes").is_some_and(Value::is_object)
+        && tpg.get("luns").is_some_and(Value::is_array)
+        && portal_entries == Some(settings.portals.len());
+    let luns_in_place = wanted.iter().all(|(name, index)| {
+        current
+            .get(*name)
+            .is_some_and(|indices| indices.len() == 1 && indices.contains(index))
+    });
+    shaped && luns_in_place && TpgSettings::read(tpg, target) == settings
+}
+
 /// Node ACLs map TPG LUNs by index; a mapping to a removed LUN would fail the restore.
 fn remove_mapped_luns(tpg: &mut Value, indices: &BTreeSet<u32>) {
     let Some(acls) = tpg.get_mut("node_acls").and_then(Value::as_array_mut) else {
@@ -276,6 +299,130 @@ fn rebuild_portals(tpg: &mut Value, wanted: &[Portal], changes: &mut Vec<String>
                 "offload": false,
                 "port": portal.port,
             }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{HostFacts, Policy};
+    use serde_json::Map;
+
+    fn target() -> TargetPolicy {
+        let text = "target:\n  iqn: iqn.2023-06.csm.iscsi:h\n  portals: [\"10.0.0.1:3260\"]\n  \
+                    attributes: {generate_node_acls: 1}\ncatalogue:\n  mount: /m\n  ims:\n    file: /x\n";
+        Policy::from_yaml(text, &HostFacts::from_hostname("h"))
+            .unwrap()
+            .0
+            .target
+    }
+
+    /// TPG 1 as rtslib writes it for the policy above, serving a at LUN 0 and b at LUN 1.
+    fn tpg() -> Value {
+        let mut attributes = json!(target().attributes);
+        attributes["cache_dynamic_acls"] = json!(1);
+        json!({
+            "attributes": attributes,
+            "enable": true,
+            "luns": [
+                {"index": 0, "storage_object": "/backstores/fileio/a", "alias": "x"},
+                {"index": 1, "storage_object": "/backstores/fileio/b"},
+            ],
+            "node_acls": [],
+            "portals": [{"ip_address": "10.0.0.1", "iser": false, "offload": false, "port": 3260}],
+            "tag": 1,
+        })
+    }
+
+    fn config(tpg: Value) -> SaveConfig {
+        let file = json!({
+            "storage_objects": [],
+            "targets": [{"fabric": "iscsi", "tpgs": [tpg], "wwn": "iqn.2023-06.csm.iscsi:h"}],
+        });
+        SaveConfig::parse(file.to_string().as_bytes()).unwrap()
+    }
+
+    /// What the planner's edits make of `tpg`, and whether the check said they leave it.
+    fn edited(tpg: Value, wanted: &[(&str, u32)]) -> (bool, bool) {
+        let target = target();
+        let current: BTreeMap<String, BTreeSet<u32>> = super::super::luns(&tpg)
+            .iter()
+            .filter_map(|lun| Some((fileio_name(lun)?.to_string(), lun_index(lun)?)))
+            .fold(BTreeMap::new(), |mut map, (name, index)| {
+                map.entry(name).or_default().insert(index);
+                map
+            });
+        let untouched = tpg_untouched(&tpg, &target, wanted, &current);
+        let before = config(tpg);
+        let mut after = before.clone();
+        let tpg = ensure_tpg1(&mut after, &target.iqn, &mut Vec::new());
+        apply_tpg_settings(tpg, &target, &mut Vec::new());
+        sync_luns(tpg, wanted, &current);
+        (untouched, after == before)
+    }
+
+    #[test]
+    fn a_tpg_is_left_shared_only_when_the_edits_would_leave_it_as_it_is() {
+        let both = [("a", 0), ("b", 1)];
+        assert_eq!(edited(tpg(), &both), (true, true));
+        // (what, TPG 1, the LUNs wanted)
+        type Case<'a> = (&'a str, Value, Vec<(&'a str, u32)>);
+        let mut cases: Vec<Case> = vec![
+            ("a new LUN", tpg(), vec![("a", 0), ("b", 1), ("c", 2)]),
+            ("a LUN gone", tpg(), vec![("a", 0)]),
+        ];
+        let mut with = |what, edit: &dyn Fn(&mut Map<String, Value>)| {
+            let mut tpg = tpg();
+            edit(object_mut(&mut tpg));
+            cases.push((what, tpg, both.to_vec()));
+        };
+        with("no enable (rtslib: enabled)", &|t| {
+            t.remove("enable");
+        });
+        with("disabled", &|t| {
+            t.insert("enable".into(), json!(false));
+        });
+        with("enable not a flag", &|t| {
+            t.insert("enable".into(), json!("yes"));
+        });
+        with("no attributes", &|t| {
+            t.remove("attributes");
+        });
+        with("attributes not a map", &|t| {
+            t.insert("attributes".into(), json!([]));
+        });
+        with("an attribute differs", &|t| {
+            t.insert("attributes".into(), json!({"generate_node_acls": 0}));
+        });
+        with("no luns list", &|t| {
+            t.remove("luns");
+        });
+        with("a second LUN for a", &|t| {
+            list_mut(t, "luns").push(json!({"index": 7, "storage_object": "/backstores/fileio/a"}));
+        });
+        with("an unmanaged LUN", &|t| {
+            list_mut(t, "luns").push(json!({"index": 9, "storage_object": "/backstores/block/d"}));
+        });
+        with("no portals", &|t| {
+            t.remove("portals");
+        });
+        with("a portal twice", &|t| {
+            let portal = list_mut(t, "portals")[0].clone();
+            list_mut(t, "portals").push(portal);
+        });
+        with("another portal", &|t| {
+            list_mut(t, "portals")[0]["port"] = json!(3261);
+        });
+        for (what, tpg, wanted) in cases {
+            let (untouched, unchanged) = edited(tpg, &wanted);
+            assert!(
+                !untouched || unchanged,
+                "{what}: said untouched, but edited"
+            );
+            if what == "an unmanaged LUN" || what == "no enable (rtslib: enabled)" {
+                assert!(untouched, "{what}: the edits leave it, so must the check");
+            }
         }
     }
 }

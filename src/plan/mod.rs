@@ -486,13 +486,22 @@ fn build(
         .map(|name| storage_object_path("fileio", name))
         .collect();
     let mut lun_removals = edit::remove_luns_of(&mut desired, &removed_paths);
-    let (tpg, target_changes) = edit_target(&mut desired, policy);
     let wanted_luns: Vec<(&str, u32)> = allocation
         .placed
         .iter()
         .map(|(c, index)| (c.identity.name.as_str(), *index))
         .collect();
-    let lun_edits = edit::sync_luns(tpg, &wanted_luns, &state.luns_of);
+    let untouched = desired
+        .tpg1(&policy.target.iqn)
+        .is_some_and(|tpg| edit::tpg_untouched(tpg, &policy.target, &wanted_luns, &state.luns_of));
+    let (target_changes, lun_edits) = if untouched {
+        // Nothing to edit: the target stays shared with the current configuration.
+        (Vec::new(), edit::LunEdits::default())
+    } else {
+        let (tpg, target_changes) = edit_target(&mut desired, policy);
+        let lun_edits = edit::sync_luns(tpg, &wanted_luns, &state.luns_of);
+        (target_changes, lun_edits)
+    };
     lun_removals += lun_edits.removed;
 
     let mut projections = placed_projections(allocation, state, &object_edits, &lun_edits);
