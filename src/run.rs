@@ -40,14 +40,24 @@ pub fn execute(cli: &Cli) -> Exit {
 /// `targetctl save` writes them (5,000 projections are under 8 MiB).
 pub const MAX_SAVECONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
-/// The current `saveconfig.json` as the run planned with it: its parsed form, and the digest
-/// of its bytes (the bytes themselves, 2.6 MB at 5,500 LUNs, are read again under the lock
-/// only by a run that applies: see [`LockedFile`]).
+/// The current `saveconfig.json` as the run planned with it: its parsed form, and the length
+/// and hash of its bytes (the bytes themselves, 2.6 MB at 5,500 LUNs, are read again under
+/// the lock only by a run that applies: see [`LockedFile`]).
 #[derive(Debug, Clone)]
 pub struct CurrentFile {
-    /// SHA-256 of the bytes; `None` when the file does not exist.
-    digest: Option<[u8; 32]>,
+    /// `None` when the file does not exist.
+    digest: Option<Digest>,
     pub config: SaveConfig,
+}
+
+/// What tells whether the file changed between two reads a few seconds apart: its length,
+/// and a 64-bit hash of its bytes (std's `DefaultHasher`, SipHash-1-3 today: a change of the
+/// same length that keeps the hash has a chance of 2^-64; it needs no SHA instructions,
+/// which valgrind and older CPUs lack, and hashes 2.6 MB in about 2 ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Digest {
+    len: usize,
+    hash: u64,
 }
 
 /// The current file read again under the lock, with its bytes: what an apply backs up and
@@ -106,9 +116,14 @@ impl CurrentFile {
     }
 }
 
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
+fn digest(bytes: &[u8]) -> Digest {
+    use std::hash::Hasher;
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(bytes);
+    Digest {
+        len: bytes.len(),
+        hash: hasher.finish(),
+    }
 }
 
 /// What a reconcile run has found out so far; what is left of it when it fails.
@@ -770,6 +785,11 @@ mod tests {
         let (other, changed) = first.clone().read_again(&path).unwrap();
         assert!(changed);
         assert!(other.file.config.to_canonical().contains("\"x\": 1"));
+        // The same length, one byte changed.
+        std::fs::write(&path, "{\n  \"targets\": [],\n  \"x\": 2\n}\n").unwrap();
+        let (again, changed) = other.file.read_again(&path).unwrap();
+        assert!(changed);
+        assert!(again.file.config.to_canonical().contains("\"x\": 2"));
 
         std::fs::remove_file(&path).unwrap();
         let (gone, changed) = first.clone().read_again(&path).unwrap();
