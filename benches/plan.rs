@@ -9,7 +9,6 @@ use sbps_reconcile::lio::SaveConfig;
 use sbps_reconcile::manifest::RootfsArtifact;
 use sbps_reconcile::policy::{HostFacts, Policy};
 use sbps_reconcile::snapshot::{ManifestRead, MountEntry, PeObject, Snapshot};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 fn snapshot(n: usize) -> Snapshot {
@@ -20,10 +19,14 @@ fn snapshot(n: usize) -> Snapshot {
             id: id.clone(),
             name: format!("image-{i}"),
             link_path: Some(format!("s3://boot-images/{id}/manifest.json")),
-            metadata: Metadata::Map(BTreeMap::from([(
-                "sbps-project".to_string(),
-                MetadataValue::Text("true".into()),
-            )])),
+            metadata: Metadata::Map(
+                [(
+                    "sbps-project".to_string(),
+                    MetadataValue::Text("true".into()),
+                )]
+                .into_iter()
+                .collect(),
+            ),
         }));
         snapshot.manifests.insert(
             format!("{id}/manifest.json"),

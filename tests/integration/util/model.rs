@@ -81,10 +81,14 @@ impl Snap {
             id: id.into(),
             name: name.into(),
             link_path: Some(format!("s3://boot-images/{id}/manifest.json")),
-            metadata: Metadata::Map(BTreeMap::from([(
-                "sbps-project".to_string(),
-                MetadataValue::Text("true".into()),
-            )])),
+            metadata: Metadata::Map(
+                [(
+                    "sbps-project".to_string(),
+                    MetadataValue::Text("true".into()),
+                )]
+                .into_iter()
+                .collect(),
+            ),
         }));
     }
 
