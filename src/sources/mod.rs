@@ -72,6 +72,9 @@ pub trait ObjectStore {
     }
     /// Checks these images again, as if never verified.
     fn distrust(&self, _manifest_keys: &BTreeSet<String>) {}
+    /// The catalogue is read: what only its reading needed may go, but what the store holds
+    /// of the prefixes in `keep` (the ledgers, read later).
+    fn catalogue_read(&self, _keep: &BTreeSet<String>) {}
 }
 
 /// The sources a policy names.
@@ -308,6 +311,9 @@ pub fn collect(
             (key.clone(), entry)
         })
         .collect();
+    sources
+        .store
+        .catalogue_read(&listed_every_run(policy, true));
     Ok(Snapshot {
         images,
         manifests,

@@ -39,6 +39,10 @@ pub struct S3Cache {
     /// Whether this run changed anything (then it is written back).
     #[serde(skip)]
     changed: bool,
+    /// The manifests and verified images were saved and let go: a later save writes the
+    /// ledgers into the file on disk.
+    #[serde(skip)]
+    released: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -183,9 +187,27 @@ impl S3Cache {
         self.verified.len()
     }
 
+    /// Saves what changed into `dir` (when there is one) and lets go of the manifests and
+    /// verified images: the run has read its catalogue, and only the ledgers are used after.
+    pub fn release_catalogue(&mut self, dir: Option<&Path>) {
+        if let Some(dir) = dir.filter(|_| self.changed) {
+            self.save(dir);
+        }
+        self.changed = false;
+        self.manifests = BTreeMap::new();
+        self.verified = BTreeMap::new();
+        self.released = true;
+    }
+
     /// Writes the cache into `dir`; a failure is logged, never fatal (the cache is only a
-    /// shortcut).
+    /// shortcut). Once the catalogue part was let go, the ledgers go into the file on disk.
     pub fn save(&self, dir: &Path) {
+        if self.released {
+            let mut whole = S3Cache::load(dir, &self.origin);
+            whole.ledgers.clone_from(&self.ledgers);
+            whole.save(dir);
+            return;
+        }
         let path = dir.join(CACHE_FILE);
         let bytes = match serde_json::to_vec(self) {
             Ok(bytes) => bytes,
@@ -202,5 +224,43 @@ impl S3Cache {
         }
         // The cache of earlier versions.
         let _ = std::fs::remove_file(dir.join("manifests.json"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::skip::{ReasonCode, SkipReason};
+
+    #[test]
+    fn a_cache_let_go_after_the_catalogue_still_saves_its_ledgers_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = S3Cache::new("http://s3 bucket");
+        let read = ManifestRead::Skip(SkipReason::new(ReasonCode::ManifestUnreadable, "x"));
+        cache.insert_manifest("a/manifest.json".into(), "e1".into(), read.clone());
+        cache.insert_verified(
+            "a/manifest.json".into(),
+            Verified {
+                rootfs_key: "a/rootfs".into(),
+                rootfs: ObjectInfo {
+                    size: 9,
+                    etag: "e2".into(),
+                },
+                at: 7,
+            },
+        );
+        cache.insert_ledger("luns/t.json".into(), "l1".into(), "{}".into());
+        cache.release_catalogue(Some(dir.path()));
+        assert_eq!((cache.manifests_len(), cache.verified_len()), (0, 0));
+        assert!(!cache.changed());
+        assert_eq!(cache.last_ledger("luns/t.json"), Some(("l1", "{}")));
+
+        // A ledger written after: saved into the file with the catalogue part it had.
+        cache.insert_ledger("luns/t.json".into(), "l2".into(), "{\"a\":1}".into());
+        cache.save(dir.path());
+        let again = S3Cache::load(dir.path(), "http://s3 bucket");
+        assert_eq!(again.manifest("a/manifest.json", "e1"), Some(&read));
+        assert!(again.verified("a/manifest.json").is_some());
+        assert_eq!(again.last_ledger("luns/t.json"), Some(("l2", "{\"a\":1}")));
     }
 }
