@@ -40,7 +40,7 @@ pub struct PlanFigures {
 impl PlanFigures {
     pub fn of(plan: &Plan) -> PlanFigures {
         let mut figures = PlanFigures::default();
-        for p in &plan.projections {
+        for p in plan.projections.iter() {
             *figures.actions.entry(p.action).or_default() += 1;
             if p.action != Action::Remove {
                 *figures.projections.entry(p.kind).or_default() += 1;

@@ -32,7 +32,7 @@ pub struct Report {
     /// Whether S3 ETags were checked against the manifests (rule 3).
     pub etag_verified: bool,
     pub summary: Summary,
-    pub projections: Vec<Projection>,
+    pub projections: std::sync::Arc<Vec<Projection>>,
     pub skipped: Vec<Skipped>,
     pub target_changes: Vec<String>,
     /// How the running target differs from the plan (read from configfs), one line each.
@@ -119,7 +119,7 @@ impl Report {
             mode: None,
             etag_verified: false,
             summary: Summary::default(),
-            projections: Vec::new(),
+            projections: Default::default(),
             skipped: Vec::new(),
             target_changes: Vec::new(),
             drift: Vec::new(),

@@ -547,7 +547,7 @@ fn log_plan(plan: &Plan) {
             ),
         );
     }
-    for projection in &plan.projections {
+    for projection in plan.projections.iter() {
         // A kept projection is news to nobody: at info, every run would log the whole
         // catalogue (1,100 lines every 3 minutes at 1,000 images); the summary counts them.
         let level = if projection.action == Action::Keep {

@@ -176,7 +176,8 @@ impl Serialize for Skipped {
 pub struct Plan {
     pub desired: SaveConfig,
     /// Sorted by LUN, then name.
-    pub projections: Vec<Projection>,
+    /// Shared with the report, which lives through the apply (5,500 projections are 3 MB).
+    pub projections: std::sync::Arc<Vec<Projection>>,
     pub skipped: Vec<Skipped>,
     /// Changes to the target itself (creation, enable, attributes, portals).
     pub target_changes: Vec<String>,
@@ -516,7 +517,7 @@ fn build(
     let changed = desired != *current;
     Plan {
         desired,
-        projections,
+        projections: std::sync::Arc::new(projections),
         skipped,
         target_changes,
         lun_removals,
@@ -581,7 +582,8 @@ fn placed_projections(
     object_edits: &ObjectEdits,
     lun_edits: &LunEdits,
 ) -> Vec<Projection> {
-    let mut projections = Vec::new();
+    // Sized once (with room for the removed ones): a doubling Vec held 0.6 MB unused.
+    let mut projections = Vec::with_capacity(allocation.placed.len() + object_edits.removed.len());
     for (candidate, index) in &allocation.placed {
         let name = &candidate.identity.name;
         let existed = state.managed.contains_key(name);

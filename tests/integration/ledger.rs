@@ -165,7 +165,7 @@ fn a_new_image_takes_the_number_the_fleet_gives_it_when_it_is_free_here() {
         let mut elsewhere = Worker::new("", "");
         elsewhere.run(&pe_snap(&[name]), 50);
         let mut entry = elsewhere.ledger.entries.into_values().next().unwrap();
-        entry.lun = lun;
+        std::sync::Arc::make_mut(&mut entry).lun = lun;
         other
             .entries
             .insert(Identity::pe("boot-images", &pe_key(name)).name, entry);
@@ -182,7 +182,7 @@ fn a_new_image_takes_the_number_the_fleet_gives_it_when_it_is_free_here() {
     // A fleet number this target once used for another image is not taken.
     let mut elsewhere = Ledger::empty("iqn.2023-06.csm.iscsi:ncn-w002");
     let mut entry = worker.ledger.entries.values().next().unwrap().clone();
-    entry.lun = 2;
+    std::sync::Arc::make_mut(&mut entry).lun = 2;
     elsewhere
         .entries
         .insert(Identity::pe("boot-images", &pe_key("e")).name, entry);
