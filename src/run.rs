@@ -219,7 +219,7 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     let (locked, file_changed) = current.read_again(&policy.lio.saveconfig)?;
     let current = &locked.file;
     let running_now = read_running(&policy)?;
-    let plan = if !file_changed && running_now == running {
+    let mut plan = if !file_changed && running_now == running {
         plan
     } else {
         log::info!("the configuration changed during the run; planning again");
@@ -263,10 +263,12 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
         }
     }
     let expected = ManagedView::of(&plan.desired, &policy.catalogue, &policy.target);
+    // Saved as its text; the parsed form goes before the apply reads the target back.
+    let desired = std::mem::replace(&mut plan.desired, SaveConfig::empty()).to_canonical();
     let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H:%M:%S").to_string();
     let change = apply::Change {
         previous: locked.bytes.as_deref(),
-        desired: &plan.desired,
+        desired: &desired,
         expected: &expected,
         stamp: &stamp,
     };

@@ -631,7 +631,7 @@ pub fn apply(policy: &Policy, change: &Change) -> Result<Applied, Error> {
     // The kernel runs the plan: save it, so that a reboot restores the same.
     let live = &lio.saveconfig;
     create_parent_dir(live)
-        .and_then(|()| write_atomic(live, change.desired.to_canonical().as_bytes()))
+        .and_then(|()| write_atomic(live, change.desired.as_bytes()))
         .map_err(|source| ApplyError::Unsaved { source })?;
     Ok(Applied {
         backup,

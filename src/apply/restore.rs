@@ -24,7 +24,7 @@ pub fn apply(policy: &Policy, change: &Change) -> Result<Applied, Error> {
     let not_applied = |step| move |source| ApplyError::NotApplied { step, source };
     let live = &lio.saveconfig;
     create_parent_dir(live).map_err(not_applied("creating the directory"))?;
-    write_atomic(live, change.desired.to_canonical().as_bytes())
+    write_atomic(live, change.desired.as_bytes())
         .map_err(not_applied("writing the configuration"))?;
 
     let outcome = targetctl.restore(live).and_then(|()| {
