@@ -59,6 +59,10 @@ pub trait LedgerStore {
     fn remembered(&self) -> Option<Stored> {
         None
     }
+    /// Whether [`LedgerStore::remembered`] has a ledger, without copying it.
+    fn remembers(&self) -> bool {
+        false
+    }
     /// The other targets' ledgers.
     fn fleet(&self) -> Vec<FleetLedger>;
     /// Writes `bytes` only if the ledger is still at `version`.
@@ -152,6 +156,10 @@ impl LedgerStore for BucketLedger {
             bytes: Some(bytes),
             version: Version::ETag(etag),
         })
+    }
+
+    fn remembers(&self) -> bool {
+        self.store.remembers_ledger(&self.key)
     }
 
     fn fleet(&self) -> Vec<FleetLedger> {

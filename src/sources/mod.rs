@@ -142,7 +142,7 @@ pub fn open(policy: &Policy, deadline: Deadline) -> Result<Sources, SourceError>
     // Asked for now, collected when needed: the server answers while the run reads the
     // current configuration, IMS and the mount. A remembered ledger is listed only if the
     // plan needs the bucket's.
-    let remembers_ledger = ledger.as_ref().is_some_and(|l| l.remembered().is_some());
+    let remembers_ledger = ledger.as_ref().is_some_and(|l| l.remembers());
     store.start_listing(&listed_every_run(policy, !remembers_ledger));
     Ok(Sources {
         images,

@@ -743,12 +743,17 @@ impl S3Store {
     /// The ledger at `key` as this worker last read or wrote it (bytes and ETag), between
     /// full verifications: `None` on a full reading, which reads the ledgers again.
     pub fn remembered_ledger(&self, key: &str) -> Option<(Vec<u8>, String)> {
-        if self.reading == Reading::Full {
+        if !self.remembers_ledger(key) {
             return None;
         }
         let cache = self.cache.borrow();
         let (etag, bytes) = cache.last_ledger(key)?;
         Some((bytes.as_bytes().to_vec(), etag.to_string()))
+    }
+
+    /// Whether [`S3Store::remembered_ledger`] has one for `key`.
+    pub fn remembers_ledger(&self, key: &str) -> bool {
+        self.reading == Reading::Incremental && self.cache.borrow().last_ledger(key).is_some()
     }
 
     /// A ledger's bytes, from the cache when its ETag is the one listed, else GET (at most
