@@ -439,11 +439,11 @@ fn write_ledger(
                 log::info!("LUN ledger {} written", read.place);
                 LedgerOutcome::Written
             }
-            Ok(Written::Conflict) => {
+            Ok(Written::Conflict(since)) => {
                 log::warn!(
-                    "LUN ledger {} changed since this run read it (another run wrote it): not \
-                     written; the next run plans again",
-                    read.place
+                    "LUN ledger {} {}: not written; the next run plans again",
+                    read.place,
+                    since.describe()
                 );
                 LedgerOutcome::Conflict
             }

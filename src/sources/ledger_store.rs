@@ -2,6 +2,7 @@
 //! the fleet's, or a local file. Reading, and the one conditional write a run makes; what a
 //! ledger means is [`crate::ledger`].
 
+pub use super::conditional::{Since, Version, Written};
 use crate::error::{BoxError, SourceError};
 use crate::ledger::{fleet_numbers, Ledger};
 use crate::policy::{LedgerPlace, Policy};
@@ -12,25 +13,6 @@ use std::path::PathBuf;
 pub const MAX_LEDGER_BYTES: u64 = 32 * 1024 * 1024;
 /// The most ledgers of other targets read under the prefix.
 pub const MAX_FLEET_LEDGERS: usize = 1000;
-
-/// What a ledger was read at, for the conditional write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Version {
-    /// There was none: create it only if there still is none.
-    Absent,
-    /// The object's ETag.
-    ETag(String),
-    /// A file's bytes.
-    Bytes(Vec<u8>),
-}
-
-/// How a conditional write went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
-    Written,
-    /// The ledger changed since it was read (another run wrote it): nothing written.
-    Conflict,
-}
 
 /// A ledger's bytes as stored.
 pub struct Stored {
@@ -101,7 +83,11 @@ impl LedgerStore for FileLedger {
     fn write(&self, bytes: &[u8], version: &Version) -> Result<Written, BoxError> {
         let now = self.read()?;
         if now.version != *version {
-            return Ok(Written::Conflict);
+            return Ok(Written::Conflict(match (version, now.version) {
+                (Version::Absent, _) => Since::Created,
+                (_, Version::Absent) => Since::Deleted,
+                _ => Since::Changed,
+            }));
         }
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)

@@ -5,6 +5,7 @@
 
 #[cfg(feature = "live")]
 pub mod auth;
+pub mod conditional;
 #[cfg(feature = "live")]
 pub mod ims;
 pub mod ledger_store;

@@ -6,7 +6,9 @@
 //! library is built. Credentials come from the s3fs credentials file only: no environment,
 //! profile or instance-metadata lookups.
 
-use super::ledger_store::{Version, Written};
+use super::conditional::{
+    after_refusal, after_unknown, AfterRefusal, Answer, ETagForm, Reread, Version, Written,
+};
 use super::s3_cache::{S3Cache, Verified};
 use super::{tls, ObjectStore};
 use crate::deadline::Deadline;
@@ -814,8 +816,52 @@ impl S3Store {
     }
 
     /// PUTs `bytes` at `key` only if the object is still at `version` (`If-Match`, or
-    /// `If-None-Match: *` to create it). A server that ignores the conditions overwrites.
+    /// `If-None-Match: *` to create it). A refusal or an answer that leaves the outcome
+    /// unknown is decided by looking at the object again (see [`super::conditional`]); the
+    /// PUT itself is never retried blindly (no SDK retries): only a refusal while the object
+    /// is still at `version` sends it once more, with the ETag in its other form.
     pub fn put_if(&self, key: &str, bytes: &[u8], version: &Version) -> Result<Written, BoxError> {
+        if matches!(version, Version::Bytes(_)) {
+            return Err("an object has no byte version".into());
+        }
+        let mut form = ETagForm::Bare;
+        for _ in 0..2 {
+            match self.put_once(key, bytes, version, form) {
+                Answer::Stored(etag) => {
+                    self.remember_written(key, bytes, etag);
+                    return Ok(Written::Written);
+                }
+                Answer::Refused(status) => {
+                    let now = self.head_etag(key)?;
+                    log::debug!(
+                        "S3: conditional PUT {key} refused ({status}); the object's ETag now: {now:?}"
+                    );
+                    match after_refusal(version, form, now.as_deref()) {
+                        AfterRefusal::Conflict(since) => return Ok(Written::Conflict(since)),
+                        AfterRefusal::Retry(other) => form = other,
+                        AfterRefusal::Error(message) => return Err(message.into()),
+                    }
+                }
+                Answer::Unknown(error) => {
+                    log::warn!(
+                        "S3: the answer to the conditional PUT of {key} leaves its outcome                          unknown ({error}); reading it again to compare"
+                    );
+                    let now = self.get_object(key, super::ledger_store::MAX_LEDGER_BYTES)?;
+                    let reread = now.as_ref().map(|(bytes, etag)| Reread { bytes, etag });
+                    let written = after_unknown(version, bytes, reread, &error)?;
+                    if let (Written::Written, Some((_, etag))) = (written, now) {
+                        self.remember_written(key, bytes, Some(etag));
+                    }
+                    return Ok(written);
+                }
+                Answer::Failed(error) => return Err(error.into()),
+            }
+        }
+        Err("the conditional PUT was refused in both forms of the ETag".into())
+    }
+
+    /// One conditional PUT, without the SDK's retries.
+    fn put_once(&self, key: &str, bytes: &[u8], version: &Version, form: ETagForm) -> Answer {
         let mut request = self
             .client
             .put_object()
@@ -824,34 +870,54 @@ impl S3Store {
             .content_type("application/json")
             .body(bytes.to_vec().into());
         request = match version {
-            Version::Absent => request.if_none_match("*"),
-            Version::ETag(etag) => request.if_match(format!("\"{}\"", etag.trim_matches('"'))),
-            Version::Bytes(_) => return Err("an object has no byte version".into()),
+            Version::ETag(etag) => request.if_match(form.header(etag)),
+            Version::Absent | Version::Bytes(_) => request.if_none_match("*"),
         };
-        match self.runtime.block_on(request.send()) {
-            Ok(answer) => {
-                // The next run finds it in the cache, by the ETag the listing will show.
-                if let (Some(etag), Ok(text)) = (answer.e_tag(), std::str::from_utf8(bytes)) {
-                    self.cache.borrow_mut().insert_ledger(
-                        key.to_string(),
-                        etag.trim_matches('"').to_string(),
-                        text.to_string(),
-                    );
-                }
-                Ok(Written::Written)
+        let sent = request
+            .customize()
+            .config_override(aws_sdk_s3::Config::builder().retry_config(RetryConfig::disabled()))
+            .send();
+        match self.runtime.block_on(sent) {
+            Ok(answer) => Answer::Stored(answer.e_tag().map(str::to_string)),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                Answer::of_status(status, DisplayErrorContext(e).to_string())
             }
-            // 412: changed since it was read; 404 with If-Match: deleted since; 409: another
-            // conditional write is in flight.
-            Err(e)
-                if matches!(
-                    e.raw_response().map(|r| r.status().as_u16()),
-                    Some(409 | 412)
-                ) || (matches!(version, Version::ETag(_))
-                    && e.raw_response().is_some_and(|r| r.status().as_u16() == 404)) =>
+        }
+    }
+
+    /// The object's ETag (quotes stripped), `None` when there is no such object.
+    fn head_etag(&self, key: &str) -> Result<Option<String>, BoxError> {
+        self.runtime.block_on(async {
+            match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
             {
-                Ok(Written::Conflict)
+                Ok(answer) => Ok(Some(
+                    answer
+                        .e_tag()
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                        .to_string(),
+                )),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+                Err(e) => Err(DisplayErrorContext(e).to_string().into()),
             }
-            Err(e) => Err(DisplayErrorContext(e).to_string().into()),
+        })
+    }
+
+    /// The next run finds what this run wrote in the cache, by the ETag the listing will show.
+    fn remember_written(&self, key: &str, bytes: &[u8], etag: Option<String>) {
+        if let (Some(etag), Ok(text)) = (etag, std::str::from_utf8(bytes)) {
+            self.cache.borrow_mut().insert_ledger(
+                key.to_string(),
+                etag.trim_matches('"').to_string(),
+                text.to_string(),
+            );
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The LUN ledger: numbers that survive a rebuild, are never handed to another image, agree
 //! across the fleet, and a removal grace. The planner with a clock passed in, then the
-//! binary with the ledger in a file and in a real bucket (moto).
+//! binary with the ledger in a file and in a real bucket (Ceph RGW).
 
 use crate::util::model::{luns_of, Snap, IQN};
 use crate::util::sandbox::Sandbox;

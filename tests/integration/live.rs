@@ -1,5 +1,5 @@
 //! Live sources against real servers on 127.0.0.1: an HTTP(S) server of the test's own for
-//! IMS, and the S3 server (moto) that tests/run.sh starts.
+//! IMS, and the S3 server (Ceph RGW) that tests/run.sh starts.
 
 use crate::util::http::{HttpServer, Reply, Request, ServerIdentity};
 use crate::util::s3::{S3Fixture, ACCESS_KEY};

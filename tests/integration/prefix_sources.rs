@@ -154,6 +154,7 @@ mod live {
             return;
         };
         fs::remove_file(sandbox.path("unused.creds")).unwrap();
+        s3.make_public();
         sandbox.write_policy_with("", 10, &openchami(&sandbox, &s3));
         let etag = put(&sandbox, &s3, SQUASHFS, b"squashfs v1\n");
         for key in [KERNEL, INITRAMFS, STRAY_INITRAMFS] {

@@ -1,4 +1,4 @@
-//! A bucket of its own on the real S3 server (moto) that `tests/run.sh` starts, reached
+//! A bucket of its own on the real S3 server (Ceph RGW) that `tests/run.sh` starts, reached
 //! through a recording proxy, filled with the tool's own S3 client.
 
 use super::http::RecordingProxy;
@@ -89,6 +89,29 @@ impl S3Fixture {
         })
     }
 
+    /// Lets anyone list the bucket and read its objects (a public bucket, as OpenCHAMI
+    /// serves its images). RGW enforces this; moto lets anonymous requests through anyway.
+    pub fn make_public(&self) {
+        let policy = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":"*","Action":["s3:GetObject","s3:ListBucket"],"Resource":["arn:aws:s3:::{b}","arn:aws:s3:::{b}/*"]}}]}}"#,
+            b = self.bucket
+        );
+        self.runtime
+            .block_on(
+                self.client
+                    .put_bucket_policy()
+                    .bucket(&self.bucket)
+                    .policy(policy)
+                    .send(),
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "put bucket policy: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )
+            });
+    }
+
     pub fn put(&self, key: &str, bytes: &[u8]) -> String {
         let answer = self
             .runtime
@@ -163,10 +186,23 @@ impl S3Fixture {
                 .send()
                 .await
                 .unwrap();
-            done.e_tag()
-                .unwrap_or_default()
-                .trim_matches('"')
-                .to_string()
+            // RGW's answer to CompleteMultipartUpload carries no ETag the SDK reads (moto's
+            // does): the object's own HEAD gives it on both.
+            let etag = match done.e_tag() {
+                Some(etag) if !etag.is_empty() => etag.to_string(),
+                _ => self
+                    .client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .e_tag()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            etag.trim_matches('"').to_string()
         })
     }
 
