@@ -73,6 +73,10 @@ pub struct LedgerReport {
     /// between full verifications.
     pub remembered: bool,
     pub outcome: LedgerOutcome,
+    /// `"enabled"` or `"suspended"` when the ledger's bucket keeps object versions (the
+    /// conditional write may not hold there: see `warnings`); `null` when it does not, or
+    /// when the run did not ask (it planned with the remembered ledger).
+    pub bucket_versioning: Option<&'static str>,
 }
 
 named_enum! {

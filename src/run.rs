@@ -416,6 +416,7 @@ fn ledger_report(read: &LedgerRead) -> LedgerReport {
         fleet_targets: read.fleet_targets,
         remembered: read.remembered,
         outcome: LedgerOutcome::NotWritten,
+        bucket_versioning: read.bucket_versioning,
     }
 }
 
@@ -434,6 +435,15 @@ fn write_ledger(
     let outcome = if read.found && *next == read.ledger {
         LedgerOutcome::Unchanged
     } else {
+        // Asked before each write: in a versioned bucket the condition may not hold.
+        let versioning = store.versioning();
+        if let Some(caveat) = versioning.map(|v| ledger_store::versioning_caveat(&read.place, v)) {
+            log::warn!("{caveat}");
+            record.report.warnings.push(caveat);
+        }
+        if let Some(report) = &mut record.report.ledger {
+            report.bucket_versioning = versioning;
+        }
         match store.write(&next.to_json(), &read.version) {
             Ok(Written::Written) => {
                 log::info!("LUN ledger {} written", read.place);
@@ -640,10 +650,13 @@ fn status_command(cli: &Cli) -> Exit {
         // The ledger names the images even when the catalogue cannot be read.
         let (read, ledger) = match sources::open(&policy, deadline) {
             Ok(sources) => {
-                let ledger = read_ledger(&policy, &sources).unwrap_or_else(|e| {
+                let mut ledger = read_ledger(&policy, &sources).unwrap_or_else(|e| {
                     log::warn!("{}", crate::error::chain(&e));
                     None
                 });
+                if let (Some(read), Some(store)) = (&mut ledger, &sources.ledger) {
+                    read.bucket_versioning = store.versioning();
+                }
                 let snapshot = sources::collect(&policy, &sources, &grace_files(&policy, &current));
                 (snapshot.map_err(Error::from), ledger)
             }

@@ -47,6 +47,8 @@ pub struct StatusLedger {
     pub fleet_targets: usize,
     /// Managed LUNs whose image another target serves under a different number.
     pub fleet_differs: Vec<FleetDifference>,
+    /// Why the ledger's conditional write may not hold (a versioned bucket), if it may not.
+    pub caveat: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,6 +123,7 @@ pub fn status(
         place: read.place.clone(),
         found: read.found,
         fleet_targets: read.fleet_targets,
+        caveat: read.versioning_caveat(),
         fleet_differs: status
             .luns
             .iter()
@@ -413,6 +416,9 @@ impl Status {
                         d.index, d.storage_object, d.fleet_index
                     );
                 }
+            }
+            if let Some(caveat) = &ledger.caveat {
+                let _ = writeln!(out, "Warning: {caveat}.");
             }
         }
         if !self.file_differs.is_empty() {

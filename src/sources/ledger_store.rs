@@ -47,6 +47,12 @@ pub trait LedgerStore {
     }
     /// The other targets' ledgers.
     fn fleet(&self) -> Vec<FleetLedger>;
+    /// Whether the store keeps versions of the ledger (`"enabled"`, `"suspended"`): in a
+    /// versioned bucket Ceph RGW before 20 checks a conditional write against the wrong
+    /// version (Ceph tracker 68183). `None`: it does not, or cannot tell.
+    fn versioning(&self) -> Option<&'static str> {
+        None
+    }
     /// Writes `bytes` only if the ledger is still at `version`.
     fn write(&self, bytes: &[u8], version: &Version) -> Result<Written, BoxError>;
 }
@@ -180,8 +186,23 @@ impl LedgerStore for BucketLedger {
             .collect()
     }
 
+    fn versioning(&self) -> Option<&'static str> {
+        match self.store.versioning() {
+            Ok(status) => status,
+            Err(e) => {
+                log::debug!(
+                    "cannot ask whether bucket {} keeps versions: {}",
+                    self.bucket,
+                    crate::error::chain(&*e)
+                );
+                None
+            }
+        }
+    }
+
     fn write(&self, bytes: &[u8], version: &Version) -> Result<Written, BoxError> {
-        self.store.put_if(&self.key, bytes, version)
+        self.store
+            .put_if(&self.key, bytes, version, MAX_LEDGER_BYTES)
     }
 }
 
@@ -200,6 +221,29 @@ pub struct LedgerRead {
     pub fleet_targets: usize,
     /// Read from what this worker remembers, not from the store (no fleet).
     pub remembered: bool,
+    /// Whether the bucket keeps versions (see [`LedgerStore::versioning`]): then the
+    /// conditional write may not hold. Asked (one request) only before a write and by
+    /// `status`; `None` until then.
+    pub bucket_versioning: Option<&'static str>,
+}
+
+impl LedgerRead {
+    /// What to tell an operator about a versioned bucket.
+    pub fn versioning_caveat(&self) -> Option<String> {
+        Some(versioning_caveat(&self.place, self.bucket_versioning?))
+    }
+}
+
+/// What to tell an operator about the ledger at `place` in a bucket whose versioning is
+/// `status`.
+pub fn versioning_caveat(place: &str, status: &str) -> String {
+    format!(
+        "the bucket of the LUN ledger {} keeps object versions (versioning {status}): Ceph RGW \
+         before 20 checks a conditional write against the wrong version (Ceph tracker 68183), \
+         so two runs writing this ledger at once may both succeed and one's numbers be lost; \
+         keep the ledgers in a bucket without versioning",
+        crate::describe::printable(place)
+    )
 }
 
 /// Reads the ledger and the fleet's. A ledger that cannot be read or used is an error: a run
@@ -249,6 +293,7 @@ pub fn read(store: &dyn LedgerStore, policy: &Policy) -> Result<LedgerRead, Sour
         fleet: fleet_numbers(&others),
         fleet_targets: others.len(),
         remembered: false,
+        bucket_versioning: None,
     })
 }
 
@@ -266,6 +311,7 @@ pub fn remembered(store: &dyn LedgerStore, policy: &Policy) -> Option<LedgerRead
         fleet: BTreeMap::new(),
         fleet_targets: 0,
         remembered: true,
+        bucket_versioning: None,
     })
 }
 

@@ -820,7 +820,13 @@ impl S3Store {
     /// unknown is decided by looking at the object again (see [`super::conditional`]); the
     /// PUT itself is never retried blindly (no SDK retries): only a refusal while the object
     /// is still at `version` sends it once more, with the ETag in its other form.
-    pub fn put_if(&self, key: &str, bytes: &[u8], version: &Version) -> Result<Written, BoxError> {
+    pub fn put_if(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        version: &Version,
+        limit: u64,
+    ) -> Result<Written, BoxError> {
         if matches!(version, Version::Bytes(_)) {
             return Err("an object has no byte version".into());
         }
@@ -844,9 +850,10 @@ impl S3Store {
                 }
                 Answer::Unknown(error) => {
                     log::warn!(
-                        "S3: the answer to the conditional PUT of {key} leaves its outcome                          unknown ({error}); reading it again to compare"
+                        "S3: the answer to the conditional PUT of {key} leaves its outcome \
+                         unknown ({error}); reading it again to compare"
                     );
-                    let now = self.get_object(key, super::ledger_store::MAX_LEDGER_BYTES)?;
+                    let now = self.get_object(key, limit)?;
                     let reread = now.as_ref().map(|(bytes, etag)| Reread { bytes, etag });
                     let written = after_unknown(version, bytes, reread, &error)?;
                     if let (Written::Written, Some((_, etag))) = (written, now) {
@@ -881,9 +888,36 @@ impl S3Store {
             Ok(answer) => Answer::Stored(answer.e_tag().map(str::to_string)),
             Err(e) => {
                 let status = e.raw_response().map(|r| r.status().as_u16());
-                Answer::of_status(status, DisplayErrorContext(e).to_string())
+                let text = match (status, e.as_service_error()) {
+                    (Some(status), Some(service)) => format!(
+                        "HTTP {status} {}",
+                        aws_sdk_s3::error::ProvideErrorMetadata::code(service).unwrap_or("")
+                    ),
+                    _ => DisplayErrorContext(e).to_string(),
+                };
+                Answer::of_status(status, text.trim_end().to_string())
             }
         }
+    }
+
+    /// Whether the bucket keeps object versions: `Some("enabled")` or `Some("suspended")`
+    /// (versions made before are still there), `None` when it never did.
+    pub fn versioning(&self) -> Result<Option<&'static str>, BoxError> {
+        use aws_sdk_s3::types::BucketVersioningStatus;
+        let answer = self
+            .runtime
+            .block_on(
+                self.client
+                    .get_bucket_versioning()
+                    .bucket(&self.bucket)
+                    .send(),
+            )
+            .map_err(|e| DisplayErrorContext(e).to_string())?;
+        Ok(match answer.status() {
+            Some(BucketVersioningStatus::Enabled) => Some("enabled"),
+            Some(BucketVersioningStatus::Suspended) => Some("suspended"),
+            _ => None,
+        })
     }
 
     /// The object's ETag (quotes stripped), `None` when there is no such object.

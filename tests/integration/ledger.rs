@@ -318,7 +318,7 @@ fn a_file_ledger_is_written_only_once_the_target_is_as_planned() {
     let place = sandbox.path("var/luns.json").display().to_string();
     assert_eq!(
         report["ledger"],
-        json!({"place": place, "found": false, "fleet_targets": 0, "remembered": false, "outcome": "written"})
+        json!({"place": place, "found": false, "fleet_targets": 0, "remembered": false, "outcome": "written", "bucket_versioning": null})
     );
     let ledger: Value = serde_json::from_str(&sandbox.read("var/luns.json").unwrap()).unwrap();
     assert_eq!(ledger["schema_version"], json!(1));

@@ -793,6 +793,8 @@ struct S3Requests {
     listings: Vec<String>,
     gets: Vec<String>,
     puts: Vec<String>,
+    /// GETs of the bucket's own settings, by query (`versioning`).
+    settings: Vec<String>,
 }
 
 fn s3_requests(live: &Live) -> S3Requests {
@@ -811,6 +813,8 @@ fn s3_requests(live: &Live) -> S3Requests {
                 .unwrap_or("")
                 .replace("%2F", "/");
             found.listings.push(prefix);
+        } else if r.method == "GET" && key.is_empty() {
+            found.settings.push(query.to_string());
         } else if r.method == "GET" {
             found.gets.push(key.to_string());
         } else if r.method == "PUT" {
@@ -838,6 +842,8 @@ fn verified_images_are_trusted_and_only_what_changes_is_listed() {
     let (first, requests) = run(&["--output", "json"]);
     assert_eq!(requests.listings, [""], "{requests:?}");
     assert_eq!(requests.gets, ["a/manifest.json", "b/manifest.json"]);
+    // Whether the bucket keeps versions is asked before the ledger is written.
+    assert_eq!(requests.settings, ["versioning"]);
     assert_eq!(first["summary"]["add"], json!(3));
 
     // Nothing new: the PE prefix is listed; nothing is fetched (the ledger is the one this
@@ -849,6 +855,7 @@ fn verified_images_are_trusted_and_only_what_changes_is_listed() {
             listings: vec!["PE/".into()],
             gets: vec![],
             puts: vec![],
+            settings: vec![],
         }
     );
     assert_eq!(second["changed"], json!(false));

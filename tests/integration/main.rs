@@ -8,6 +8,8 @@ mod inplace;
 mod kill;
 mod ledger;
 #[cfg(feature = "live")]
+mod ledger_writes;
+#[cfg(feature = "live")]
 mod live;
 mod operator;
 mod outage;

@@ -17,6 +17,9 @@ pub struct Request {
     pub method: String,
     pub target: String,
     pub headers: Vec<(String, String)>,
+    /// The S3 server's answer, for a request the proxy forwarded (`None`: not forwarded,
+    /// no answer, or not a proxied request).
+    pub upstream_status: Option<u16>,
 }
 
 impl Request {
@@ -180,6 +183,7 @@ fn read_head(stream: &mut impl Read) -> Option<(Request, Vec<u8>)> {
             method,
             target,
             headers,
+            upstream_status: None,
         },
         buffer,
     ))
@@ -239,6 +243,8 @@ pub struct RecordingProxy {
     requests: Arc<Mutex<Vec<Request>>>,
     /// Requests whose target contains one of these are answered 500 by the proxy itself.
     failing: Arc<Mutex<Vec<String>>>,
+    /// Faults on PUTs (see [`PutFaults`]).
+    puts: Arc<PutFaults>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -250,13 +256,22 @@ impl RecordingProxy {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let failing = Arc::new(Mutex::new(Vec::new()));
+        let puts = Arc::new(PutFaults::default());
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (requests, failing, stop) = (requests.clone(), failing.clone(), stop.clone());
+            let (requests, failing, puts, stop) = (
+                requests.clone(),
+                failing.clone(),
+                puts.clone(),
+                stop.clone(),
+            );
             std::thread::spawn(move || {
                 accept_loop(listener, &stop, |client| {
-                    let (requests, failing) = (requests.clone(), failing.clone());
-                    std::thread::spawn(move || forward(client, upstream, &requests, &failing));
+                    let (requests, failing, puts) =
+                        (requests.clone(), failing.clone(), puts.clone());
+                    std::thread::spawn(move || {
+                        forward(client, upstream, &requests, &failing, &puts)
+                    });
                 })
             })
         };
@@ -264,6 +279,7 @@ impl RecordingProxy {
             addr,
             requests,
             failing,
+            puts,
             stop,
             thread: Some(thread),
         }
@@ -286,6 +302,102 @@ impl RecordingProxy {
     pub fn fail_requests_to(&self, part: &str) {
         self.failing.lock().unwrap().push(part.to_string());
     }
+
+    /// From now on, a PUT whose target contains `part` reaches the server, and its client
+    /// gets a 500 instead of the server's answer (the write happened; the answer was lost).
+    pub fn lose_put_answers_to(&self, part: &str) {
+        self.puts
+            .lose_answers
+            .lock()
+            .unwrap()
+            .push(part.to_string());
+    }
+
+    /// From now on, a PUT whose target contains `part` is answered 500 by the proxy and
+    /// never reaches the server (nothing written; the client cannot tell).
+    pub fn fail_puts_to(&self, part: &str) {
+        self.puts.fail.lock().unwrap().push(part.to_string());
+    }
+
+    /// From now on, PUTs whose target contains `part` are held until `count` of them have
+    /// arrived (or 20 s have passed), then all sent on at once: runs that read before either
+    /// writes, racing.
+    pub fn hold_puts_to(&self, part: &str, count: usize) {
+        *self.puts.hold.lock().unwrap() = Some(Hold {
+            part: part.to_string(),
+            count,
+            arrived: 0,
+            round: 0,
+        });
+    }
+
+    /// Stops holding and losing PUTs.
+    pub fn clear_put_faults(&self) {
+        self.puts.lose_answers.lock().unwrap().clear();
+        self.puts.fail.lock().unwrap().clear();
+        *self.puts.hold.lock().unwrap() = None;
+        self.puts.released.notify_all();
+    }
+}
+
+/// Faults the proxy puts on PUTs.
+#[derive(Default)]
+struct PutFaults {
+    lose_answers: Mutex<Vec<String>>,
+    fail: Mutex<Vec<String>>,
+    hold: Mutex<Option<Hold>>,
+    released: std::sync::Condvar,
+}
+
+/// PUTs held until a round of `count` has arrived.
+struct Hold {
+    part: String,
+    count: usize,
+    arrived: usize,
+    /// Rounds completed so far.
+    round: u64,
+}
+
+impl PutFaults {
+    /// Holds a PUT to `target` until its round is complete (or 20 s have passed).
+    fn hold(&self, target: &str) {
+        let mut hold = self.hold.lock().unwrap();
+        let Some(h) = hold.as_mut().filter(|h| target.contains(h.part.as_str())) else {
+            return;
+        };
+        h.arrived += 1;
+        if h.arrived >= h.count {
+            h.arrived = 0;
+            h.round += 1;
+            self.released.notify_all();
+            return;
+        }
+        let mine = h.round;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while hold.as_ref().is_some_and(|h| h.round == mine) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            hold = self.released.wait_timeout(hold, left).unwrap().0;
+        }
+    }
+
+    fn loses_answer(&self, target: &str) -> bool {
+        self.lose_answers
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|part| target.contains(part.as_str()))
+    }
+
+    fn fails(&self, target: &str) -> bool {
+        self.fail
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|part| target.contains(part.as_str()))
+    }
 }
 
 impl Drop for RecordingProxy {
@@ -302,6 +414,7 @@ fn forward(
     upstream: SocketAddr,
     requests: &Mutex<Vec<Request>>,
     failing: &Mutex<Vec<String>>,
+    puts: &PutFaults,
 ) {
     let Some((request, buffer)) = read_head(&mut client) else {
         return;
@@ -323,24 +436,24 @@ fn forward(
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
-    requests.lock().unwrap().push(request.clone());
+    let recorded = {
+        let mut requests = requests.lock().unwrap();
+        requests.push(request.clone());
+        requests.len() - 1
+    };
+    let is_put = request.method == "PUT";
     let fail = failing
         .lock()
         .unwrap()
         .iter()
-        .any(|part| request.target.contains(part.as_str()));
+        .any(|part| request.target.contains(part.as_str()))
+        || (is_put && puts.fails(&request.target));
     if fail {
-        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code>\
-                    <Message>We encountered an internal error.</Message></Error>";
-        let _ = client.write_all(
-            format!(
-                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
+        internal_error(&mut client);
         return;
+    }
+    if is_put {
+        puts.hold(&request.target);
     }
     let Ok(mut server) = TcpStream::connect(upstream) else {
         return;
@@ -358,6 +471,19 @@ fn forward(
     }
     let mut response = Vec::new();
     let _ = server.read_to_end(&mut response);
+    let status = String::from_utf8_lossy(&response[..response.len().min(16)])
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok());
+    if let Some(r) = requests.lock().unwrap().get_mut(recorded) {
+        if r.target == request.target {
+            r.upstream_status = status;
+        }
+    }
+    if is_put && puts.loses_answer(&request.target) {
+        internal_error(&mut client);
+        return;
+    }
     // Tell the client this connection ends here, so it never reuses it.
     if let Some(at) = response.windows(2).position(|w| w == b"\r\n") {
         let status_line_end = at + 2;
@@ -369,6 +495,20 @@ fn forward(
         response = patched;
     }
     let _ = client.write_all(&response);
+}
+
+/// An S3 InternalError, as RGW answers a writer that lost a race inside it.
+fn internal_error(client: &mut TcpStream) {
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code>\
+                <Message>We encountered an internal error.</Message></Error>";
+    let _ = client.write_all(
+        format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
 }
 
 /// Removes one header (case-insensitive) from the header block at the start of `bytes`.

@@ -112,6 +112,29 @@ impl S3Fixture {
             });
     }
 
+    /// Turns on object versioning for the bucket.
+    pub fn enable_versioning(&self) {
+        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+        self.runtime
+            .block_on(
+                self.client
+                    .put_bucket_versioning()
+                    .bucket(&self.bucket)
+                    .versioning_configuration(
+                        VersioningConfiguration::builder()
+                            .status(BucketVersioningStatus::Enabled)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "put bucket versioning: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )
+            });
+    }
+
     pub fn put(&self, key: &str, bytes: &[u8]) -> String {
         let answer = self
             .runtime

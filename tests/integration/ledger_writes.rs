@@ -1,0 +1,317 @@
+//! The ledger's conditional write on the S3 server of record (Ceph RGW, which `tests/run.sh`
+//! starts): every run that changes the ledger writes it; a lost answer is read back, never
+//! sent again; a deleted ledger is a conflict; two runs racing on one key, one writes; a
+//! versioned bucket is named. Faults go through the recording proxy in front of the server.
+
+use crate::live::Live;
+use crate::util::sandbox::Sandbox;
+use serde_json::{json, Value};
+use std::fs;
+use std::process::{Command, Stdio};
+
+const LEDGERS: &str = "/sbps-reconcile/luns/";
+
+fn ledger_key() -> String {
+    format!("sbps-reconcile/luns/{}.json", crate::util::model::IQN)
+}
+
+fn ledger_puts(live: &Live) -> Vec<crate::util::http::Request> {
+    live.s3
+        .proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.target.contains(LEDGERS))
+        .collect()
+}
+
+/// The LUN the bucket's ledger gives the rootfs of image `id`.
+fn ledger_lun(live: &Live, id: &str) -> Option<u64> {
+    let ledger: Value = serde_json::from_slice(&live.s3.get(&ledger_key())?).unwrap();
+    ledger["entries"].as_object()?.values().find(|e| {
+        e["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with(&format!("/{id}/rootfs")))
+    })?["lun"]
+        .as_u64()
+}
+
+/// The LUN a report gives the rootfs of image `id`.
+fn report_lun(report: &Value, id: &str) -> Option<u64> {
+    report["projections"].as_array()?.iter().find(|p| {
+        p["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with(&format!("/{id}/rootfs")))
+    })?["lun"]
+        .as_u64()
+}
+
+#[test]
+fn every_run_that_changes_the_target_writes_the_ledger_with_the_etag_as_rgw_stores_it() {
+    let Some(live) = Live::new(1000) else { return };
+    for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        live.image(id, format!("rootfs {id}\n").as_bytes());
+        live.s3.proxy.clear();
+        let report = live.sandbox.run(&["--output", "json"]).expect(0).json();
+        assert_eq!(
+            report["ledger"]["outcome"],
+            json!("written"),
+            "run {i}: {report:#}"
+        );
+        assert_eq!(report["ledger"]["bucket_versioning"], Value::Null);
+        let puts = ledger_puts(&live);
+        assert_eq!(puts.len(), 1, "run {i}: {puts:#?}");
+        match i {
+            0 => assert_eq!(puts[0].header("if-none-match"), Some("*")),
+            _ => {
+                let etag = puts[0].header("if-match").unwrap_or_default();
+                assert!(
+                    !etag.is_empty() && !etag.contains('"'),
+                    "run {i}: If-Match {etag:?}: RGW compares it byte for byte with an ETag \
+                     stored without quotes"
+                );
+            }
+        }
+        assert_eq!(ledger_lun(&live, id), report_lun(&report, id), "run {i}");
+    }
+}
+
+#[test]
+fn a_lost_answer_to_the_ledger_put_is_read_back_and_never_sent_again() {
+    let Some(live) = Live::new(1000) else { return };
+    live.image("a", b"rootfs a\n");
+    live.sandbox.run(&[]).expect(0);
+
+    // The PUT reaches the server, its answer is a 500: the run reads the ledger back.
+    live.image("b", b"rootfs b\n");
+    live.s3.proxy.clear();
+    live.s3.proxy.lose_put_answers_to(LEDGERS);
+    let run = live.sandbox.run(&["--output", "json"]).expect(0);
+    let report = run.json();
+    assert_eq!(
+        report["ledger"]["outcome"],
+        json!("written"),
+        "{}",
+        run.describe()
+    );
+    assert!(run.stderr.contains("outcome unknown"), "{}", run.stderr);
+    assert_eq!(ledger_puts(&live).len(), 1, "the PUT was sent again");
+    assert_eq!(ledger_lun(&live, "b"), report_lun(&report, "b"));
+
+    // The PUT never reaches the server: the ledger is as it was, the run says the write
+    // failed, and the next run writes it.
+    live.s3.proxy.clear_put_faults();
+    live.s3.proxy.fail_puts_to(LEDGERS);
+    live.image("c", b"rootfs c\n");
+    live.s3.proxy.clear();
+    let run = live.sandbox.run(&["--output", "json"]).expect(0);
+    let report = run.json();
+    assert_eq!(report["applied"], json!(true));
+    assert_eq!(
+        report["ledger"]["outcome"],
+        json!("failed"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("the ledger is as it was"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(ledger_puts(&live).len(), 1, "the PUT was sent again");
+    assert_eq!(ledger_lun(&live, "c"), None);
+    let c = report_lun(&report, "c");
+
+    live.s3.proxy.clear_put_faults();
+    let report = live.sandbox.run(&["--output", "json"]).expect(0).json();
+    assert_eq!(report["changed"], json!(false));
+    assert_eq!(report["ledger"]["outcome"], json!("written"), "{report:#}");
+    assert_eq!(ledger_lun(&live, "c"), c);
+}
+
+#[test]
+fn a_ledger_deleted_between_read_and_write_is_a_conflict_and_the_next_run_writes_it_again() {
+    let Some(live) = Live::new(1000) else { return };
+    live.image("a", b"rootfs a\n");
+    live.sandbox.run(&[]).expect(0);
+    live.image("b", b"rootfs b\n");
+    live.sandbox.stub("wait-restore", "all\n");
+    let first = spawn(&live.sandbox);
+    wait_for(&live.sandbox, "bin/restore-waiting");
+    live.s3.delete(&ledger_key());
+    live.sandbox.write("bin/restore-go", "");
+    let output = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["ledger"]["outcome"], json!("conflict"), "{stderr}");
+    assert!(stderr.contains("was deleted since"), "{stderr}");
+    assert_eq!(live.s3.get(&ledger_key()), None, "nothing written");
+
+    // The next run finds no ledger, seeds it from the LUNs in place: the same numbers.
+    fs::remove_file(live.sandbox.path("bin/wait-restore")).unwrap();
+    let next = live.sandbox.run(&["--output", "json"]).expect(0).json();
+    assert_eq!(next["ledger"]["outcome"], json!("written"), "{next:#}");
+    for id in ["a", "b"] {
+        assert_eq!(ledger_lun(&live, id), report_lun(&report, id), "{id}");
+    }
+}
+
+fn wait_for(sandbox: &Sandbox, rel: &str) {
+    let path = sandbox.path(rel);
+    for _ in 0..1200 {
+        if path.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{rel} never appeared");
+}
+
+/// The binary on `sandbox`, started now.
+fn spawn(sandbox: &Sandbox) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_sbps-reconcile"))
+        .arg("--policy")
+        .arg(sandbox.path("policy.yaml"))
+        .args(["--output", "json"])
+        .current_dir(sandbox.root())
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("RUST_LOG")
+        .env("SBPS_JOURNAL_SOCKET", sandbox.path("run/journal.socket"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: std::process::Child, who: &str) -> Value {
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{who}: {stderr}");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{who}: {e}: {stderr}"))
+}
+
+/// One target IQN on two nodes (a move under way), both numbering a new image at once:
+/// the proxy holds both PUTs until both have arrived, so both read before either writes.
+#[test]
+fn two_runs_racing_on_one_ledger_key_fifty_times_one_writes_each_time() {
+    const ROUNDS: usize = 50;
+    let Some(live) = Live::new(1000) else { return };
+    let other = live.worker();
+    other.write_policy_with("", 10, &live.catalogue_for(&other, 1000));
+    let nodes = [&live.sandbox, &other];
+    live.s3.proxy.hold_puts_to(LEDGERS, 2);
+    let mut refusals = std::collections::BTreeMap::new();
+    let mut rounds_seen = 0;
+    for round in 0..ROUNDS {
+        let id = format!("i{round:02}");
+        let content = format!("rootfs {id}\n");
+        live.image(&id, content.as_bytes());
+        other.write(&format!("mount/{id}/rootfs"), &content);
+        live.s3.proxy.clear();
+        let children: Vec<_> = nodes.iter().map(|node| spawn(node)).collect();
+        let reports: Vec<Value> = children
+            .into_iter()
+            .zip(["first", "second"])
+            .map(|(child, who)| finish(child, who))
+            .collect();
+        // What the server did: exactly one PUT stored, the other refused (412) or lost
+        // inside RGW (500); each run sent its PUT once.
+        let mut answers: Vec<Option<u16>> = ledger_puts(&live)
+            .iter()
+            .map(|r| r.upstream_status)
+            .collect();
+        answers.sort();
+        assert!(
+            matches!(
+                answers.as_slice(),
+                [Some(200), Some(412 | 500)] | [Some(412 | 500), Some(200)]
+            ),
+            "round {round}: the server answered {answers:?}"
+        );
+        let outcomes: Vec<&str> = reports
+            .iter()
+            .map(|r| r["ledger"]["outcome"].as_str().unwrap_or_default())
+            .collect();
+        // The loser reports a conflict, or (when RGW answered 500, which leaves the outcome
+        // unknown, and the ledger read back holds exactly the bytes it meant to write: the
+        // same plan in the same second) `written`: the ledger holds its plan either way.
+        let loser_status = answers.iter().flatten().find(|s| **s != 200).copied();
+        *refusals
+            .entry(loser_status.unwrap_or_default())
+            .or_insert(0) += 1;
+        let written = outcomes.iter().filter(|o| **o == "written").count();
+        assert!(
+            written >= 1
+                && outcomes
+                    .iter()
+                    .all(|o| matches!(*o, "written" | "conflict")),
+            "round {round}: {outcomes:?}\n{reports:#?}"
+        );
+        if loser_status == Some(412) {
+            assert_eq!(written, 1, "round {round}: {outcomes:?}");
+        }
+        let lun = report_lun(&reports[0], &id);
+        assert!(lun.is_some(), "round {round}");
+        assert_eq!(report_lun(&reports[1], &id), lun, "round {round}");
+        assert_eq!(ledger_lun(&live, &id), lun, "round {round}");
+
+        // The loser's next run converges on the winner's ledger: nothing to change.
+        let loser = if outcomes[0] == "conflict" { 0 } else { 1 };
+        rounds_seen += 1;
+        live.s3.proxy.clear_put_faults();
+        let next = nodes[loser].run(&["--output", "json"]).expect(0).json();
+        assert_eq!(next["changed"], json!(false), "round {round}: {next:#}");
+        assert!(
+            matches!(
+                next["ledger"]["outcome"].as_str(),
+                Some("unchanged" | "written")
+            ),
+            "round {round}: {next:#}"
+        );
+        live.s3.proxy.hold_puts_to(LEDGERS, 2);
+    }
+    live.s3.proxy.clear_put_faults();
+    assert_eq!(rounds_seen, ROUNDS);
+    eprintln!(
+        "ledger race: the losing PUT's answers over {ROUNDS} rounds, by status: {refusals:?}"
+    );
+    // After 50 rounds the two targets serve every image at the same number as the ledger.
+    let here = live.sandbox.run(&["--output", "json"]).expect(0).json();
+    let there = other.run(&["--output", "json"]).expect(0).json();
+    for round in 0..ROUNDS {
+        let id = format!("i{round:02}");
+        assert_eq!(report_lun(&here, &id), ledger_lun(&live, &id), "{id}");
+        assert_eq!(report_lun(&there, &id), ledger_lun(&live, &id), "{id}");
+    }
+}
+
+#[test]
+fn a_versioned_bucket_is_named_in_the_report_and_in_status() {
+    let Some(live) = Live::new(1000) else { return };
+    live.s3.enable_versioning();
+    live.image("a", b"rootfs a\n");
+    let run = live.sandbox.run(&["--output", "json"]).expect(0);
+    let report = run.json();
+    assert_eq!(report["ledger"]["bucket_versioning"], json!("enabled"));
+    assert_eq!(report["ledger"]["outcome"], json!("written"));
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("keeps object versions") && warnings.contains("68183"),
+        "{warnings}"
+    );
+    assert!(run.stderr.contains("68183"), "{}", run.stderr);
+    let status = live.sandbox.run(&["status"]).expect(0).stdout;
+    assert!(status.contains("keeps object versions"), "{status}");
+    let status = live
+        .sandbox
+        .run(&["status", "--output", "json"])
+        .expect(0)
+        .json();
+    assert!(
+        status["ledger"]["caveat"]
+            .as_str()
+            .is_some_and(|c| c.contains("68183")),
+        "{status:#}"
+    );
+}
