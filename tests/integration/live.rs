@@ -27,11 +27,12 @@ pub(crate) fn tagged() -> Option<Value> {
     Some(json!({"sbps-project": "true"}))
 }
 
-/// An IMS server answering `records` (changeable between runs).
-fn ims_server(records: Arc<Mutex<Vec<Value>>>) -> HttpServer {
+/// An IMS server answering `records` (changeable between runs), after `delay`.
+fn ims_server(records: Arc<Mutex<Vec<Value>>>, delay: Arc<Mutex<Duration>>) -> HttpServer {
     HttpServer::start(move |request: &Request| {
         if request.target == IMS_PATH {
             Reply::json(200, serde_json::to_vec(&*records.lock().unwrap()).unwrap())
+                .after(*delay.lock().unwrap())
         } else {
             Reply::json(404, "{}")
         }
@@ -76,7 +77,7 @@ fn ims_over_http_sends_the_bearer_token_and_reads_records_leniently() {
         json!({"id": "etag-empty", "name": "x", "metadata": {"sbps-project": "true"},
                "link": {"path": "s3://boot-images/etag-empty/manifest.json", "etag": ""}, "new_field": [1]}),
     ];
-    let server = ims_server(Arc::new(Mutex::new(records)));
+    let server = ims_server(Arc::new(Mutex::new(records)), Default::default());
     sandbox.write_policy_with("", 10, &ims_catalogue(&sandbox, &server.url(IMS_PATH), ""));
     // Written with the default mode: readable by others, which the run warns about.
     fs::set_permissions(sandbox.path("ims.token"), fs::Permissions::from_mode(0o644)).unwrap();
@@ -227,7 +228,7 @@ fn the_spire_agent_provides_the_token() {
         {"spiffe_id": "spiffe://shasta/ncn/workload/sbps-marshal", "svid": "jwt-from-spire"}]},
         {"bundles": {"spiffe://shasta": "e30="}}]);
     spire_agent(&sandbox, &svids.to_string(), 0);
-    let server = ims_server(Arc::new(Mutex::new(vec![])));
+    let server = ims_server(Arc::new(Mutex::new(vec![])), Default::default());
     let root = sandbox.root().display();
     let catalogue = format!(
         "catalogue:\n  mount: {root}/mount\n  require_mountpoint: false\n  ims:\n    url: {}\n    auth:\n      spire:\n        agent: {root}/spire/agent\n\
@@ -355,10 +356,13 @@ fn plain_http_to_another_host_is_refused_for_a_bearer_token() {
 /// A sandbox on live sources: IMS over HTTP (a server of the test's) and a bucket of its
 /// own on the S3 server.
 pub(crate) struct Live {
+    /// The bucket mounted with s3fs at `mount/` (declared first: unmounted first).
+    mount: Option<crate::s3fs::S3fsMount>,
     pub(crate) sandbox: Sandbox,
     pub(crate) s3: S3Fixture,
     pub(crate) ims: HttpServer,
     pub(crate) records: Arc<Mutex<Vec<Value>>>,
+    ims_delay: Arc<Mutex<Duration>>,
 }
 
 impl Live {
@@ -367,15 +371,58 @@ impl Live {
         let s3 = S3Fixture::new(&sandbox.path("s3.creds"))?;
         sandbox.write("ims.token", TOKEN);
         let records = Arc::new(Mutex::new(Vec::new()));
-        let ims = ims_server(records.clone());
+        let ims_delay = Arc::new(Mutex::new(Duration::ZERO));
+        let ims = ims_server(records.clone(), ims_delay.clone());
         let live = Live {
+            mount: None,
             sandbox,
             s3,
             ims,
             records,
+            ims_delay,
         };
         live.write_policy(page_size);
         Some(live)
+    }
+
+    /// As [`Live::new`], with the bucket mounted at `mount/` by s3fs through the proxy, as a
+    /// CSM worker mounts it, and `require_mountpoint` at its default.
+    pub(crate) fn mounted(page_size: u32) -> Option<Live> {
+        let mut live = Live::new(page_size)?;
+        let creds = live.sandbox.path("s3.creds");
+        fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::create_dir_all(live.sandbox.path("mount")).unwrap();
+        live.mount = Some(crate::s3fs::S3fsMount::mount(
+            &live.s3.bucket,
+            &live.s3.proxy.url(),
+            &creds,
+            &live.sandbox.path("mount"),
+        )?);
+        live.write_policy(page_size);
+        Some(live)
+    }
+
+    /// Mounts the bucket again with a new s3fs (nothing cached).
+    pub(crate) fn remount(&mut self) {
+        self.mount = None;
+        self.mount = crate::s3fs::S3fsMount::mount(
+            &self.s3.bucket,
+            &self.s3.proxy.url(),
+            &self.sandbox.path("s3.creds"),
+            &self.sandbox.path("mount"),
+        );
+    }
+
+    /// Kills s3fs (the mount answers ENOTCONN from now on).
+    pub(crate) fn kill_mount(&mut self) {
+        if let Some(mount) = &mut self.mount {
+            mount.kill();
+        }
+    }
+
+    /// IMS answers after `delay` from now on.
+    pub(crate) fn hold_ims(&self, delay: Duration) {
+        *self.ims_delay.lock().unwrap() = delay;
     }
 
     /// Another worker on the same IMS and bucket, with its own sandbox (and mount).
@@ -390,12 +437,17 @@ impl Live {
     pub(crate) fn catalogue_for(&self, sandbox: &Sandbox, page_size: u32) -> String {
         let root = sandbox.root().display();
         format!(
-            "catalogue:\n  bucket: {bucket}\n  mount: {root}/mount\n  require_mountpoint: false\n  ims:\n    url: {url}\n    auth:\n      token_file: {root}/ims.token\n\
+            "catalogue:\n  bucket: {bucket}\n  mount: {root}/mount\n{require}  ims:\n    url: {url}\n    auth:\n      token_file: {root}/ims.token\n\
              \x20 s3:\n    endpoint: {endpoint}\n    credentials_file: {root}/s3.creds\n    page_size: {page_size}\n    concurrency: 3\n\
              \x20   cache_dir: {root}/cache\n",
             bucket = self.s3.bucket,
             url = self.ims.url(IMS_PATH),
             endpoint = self.s3.proxy.url(),
+            require = if self.mount.is_some() {
+                ""
+            } else {
+                "  require_mountpoint: false\n"
+            },
         )
     }
 
@@ -418,7 +470,9 @@ impl Live {
             &format!("{id}/manifest.json"),
             manifest(&format!("s3://{bucket}/{id}/rootfs"), Some(&etag)).as_bytes(),
         );
-        self.sandbox.write(&format!("mount/{id}/rootfs"), content);
+        if self.mount.is_none() {
+            self.sandbox.write(&format!("mount/{id}/rootfs"), content);
+        }
         self.list(id, tagged());
         etag
     }
@@ -433,7 +487,9 @@ impl Live {
 
     pub(crate) fn pe(&self, key: &str, content: &[u8]) {
         self.s3.put(key, content);
-        self.sandbox.write(&format!("mount/{key}"), content);
+        if self.mount.is_none() {
+            self.sandbox.write(&format!("mount/{key}"), content);
+        }
     }
 }
 

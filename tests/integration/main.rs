@@ -16,4 +16,6 @@ mod outage;
 mod plan;
 mod prefix_sources;
 mod properties;
+#[cfg(feature = "live")]
+mod s3fs;
 mod util;
