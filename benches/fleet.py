@@ -2,7 +2,8 @@
 """Fleet benchmark: the release binary against a catalogue of N images on loopback.
 
 Run it with benches/fleet.sh (which installs what it needs and builds the binary). For each
-N it fills a real S3 server (moto) with N IMS images (manifest, rootfs, kernel and initrd
+N and each S3 server asked for (--servers: Ceph RGW as CSM runs it, with beast's default
+tcp_nodelay=0 and with tcp_nodelay=1, and moto) it fills the server with N IMS images (manifest, rootfs, kernel and initrd
 each, as a real bucket holds them) and N/10 PE objects, serves the IMS answer from an
 IMS-shaped HTTP server, mirrors the files into a mount directory, and times these runs of
 the binary (stand-in targetctl, restore mode):
@@ -15,7 +16,7 @@ the binary (stand-in targetctl, restore mode):
 
 For each: the median wall time of RUNS runs (min and max beside it), the peak RSS, the
 requests by kind (IMS GETs; S3 listing pages, GETs and PUTs, from the S3 server's own
-log), the targetctl calls, and the ratio to the full-listing floor: one IMS GET and every
+log: RGW's access lines or moto's), the targetctl calls, and the ratio to the full-listing floor: one IMS GET and every
 listing page of the bucket by a minimal client (urllib, no SDK), timed in the same run.
 
 Prints one Markdown table per N. A benchmark, not a test: it asserts nothing.
@@ -53,6 +54,9 @@ def free_port():
 
 class Moto:
     """moto_server on a free port, logging every request to a file we can count."""
+
+    name = "moto 5.2.5"
+    access_key, secret_key = "AKIDBENCH", "bench-secret"
 
     def __init__(self, venv, workdir):
         self.port = free_port()
@@ -96,6 +100,41 @@ class Moto:
         self.process.terminate()
         self.process.wait(timeout=30)
 
+    def make_public(self, s3):
+        """moto lists without a signature anyway."""
+
+
+class Rgw(Moto):
+    """A single-node Ceph RGW (tests/rgw.sh), counted from its own access log."""
+
+    access_key, secret_key = "AKIDSBPSTEST", "sbps-test-secret"
+
+    def __init__(self, workdir, nodelay):
+        self.dir = os.path.join(workdir, "rgw")
+        version = subprocess.run(["radosgw", "--version"], capture_output=True, text=True).stdout.split()
+        self.name = f"Ceph RGW {version[2] if len(version) > 2 else '?'}, tcp_nodelay={nodelay}"
+        env = dict(os.environ, SBPS_RGW_TCP_NODELAY=str(nodelay))
+        # It stops by itself after two hours, whatever happens to this script.
+        subprocess.run(["bash", os.path.join(ROOT, "tests/rgw.sh"), "start", self.dir, "7200"],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+        values = dict(line.split("=", 1) for line in open(os.path.join(self.dir, "env")).read().split())
+        self.url = values["RGW_ENDPOINT"]
+        self.log_path = values["RGW_LOG"]
+        self.log = open(os.devnull, "w")
+
+    def mark(self):
+        return os.path.getsize(self.log_path)
+
+    def stop(self):
+        subprocess.run(["bash", os.path.join(ROOT, "tests/rgw.sh"), "stop", self.dir], check=False)
+
+    def make_public(self, s3):
+        """The floor's minimal client lists unsigned: let anyone list and read."""
+        s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({
+            "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}]}))
+
 
 class Ims(http.server.ThreadingHTTPServer):
     """Answers GET /apis/ims/v3/images with the catalogue's records; counts requests."""
@@ -133,9 +172,11 @@ class Fleet:
         self.dir, self.moto, self.ims, self.binary = workdir, moto, ims, binary
         self.s3 = boto3.client(
             "s3", endpoint_url=moto.url, region_name="us-east-1",
-            aws_access_key_id="AKIDBENCH", aws_secret_access_key="bench-secret",
-            config=Config(max_pool_connections=32, retries={"max_attempts": 5}))
+            aws_access_key_id=moto.access_key, aws_secret_access_key=moto.secret_key,
+            config=Config(max_pool_connections=32, retries={"max_attempts": 5},
+                          s3={"addressing_style": "path"}))
         self.s3.create_bucket(Bucket=BUCKET)
+        moto.make_public(self.s3)
         self.records = []
         self.mount = os.path.join(workdir, "mount")
         os.makedirs(self.mount)
@@ -143,7 +184,7 @@ class Fleet:
             os.makedirs(os.path.join(workdir, sub))
         shutil.copy(os.path.join(ROOT, "tests/stub/targetctl"), os.path.join(workdir, "bin/targetctl"))
         with open(os.path.join(workdir, "s3.creds"), "w") as f:
-            f.write("AKIDBENCH:bench-secret\n")
+            f.write(f"{moto.access_key}:{moto.secret_key}\n")
         os.chmod(os.path.join(workdir, "s3.creds"), 0o600)
         self.next_image = 0
 
@@ -303,9 +344,12 @@ def measure(name, runs, before, fleet, policy, *args):
     return {"name": name, "walls": walls, "peak": max(peaks), "requests": requests}
 
 
-def bench(n, runs, venv, binary, keep):
+def bench(n, runs, venv, binary, keep, server):
     workdir = tempfile.mkdtemp(prefix=f"sbps-fleet-{n}-")
-    moto = Moto(venv, workdir)
+    if server == "moto":
+        moto = Moto(venv, workdir)
+    else:
+        moto = Rgw(workdir, 1 if server == "rgw-nodelay" else 0)
     ims = Ims()
     try:
         fleet = Fleet(workdir, moto, ims, binary)
@@ -329,7 +373,7 @@ def bench(n, runs, venv, binary, keep):
         floor_wall = statistics.median(f[0] for f in floors)
         manifests = [r["link"]["path"].split("/", 3)[3] for r in fleet.records[:n]]
         gets = get_floor(fleet.s3, manifests, 8)
-        print_table(n, objects, results, floor_wall, floors[0][1], runs)
+        print_table(n, objects, results, floor_wall, floors[0][1], runs, moto.name)
         print(f"\nThe server's own pace: {n:,} manifest GETs, 8 at a time, by a minimal client: "
               f"{gets:.2f} s ({gets / n * 1000:.1f} ms each).")
     finally:
@@ -339,8 +383,8 @@ def bench(n, runs, venv, binary, keep):
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def print_table(n, objects, results, floor_wall, floor_pages, runs):
-    print(f"\n### N = {n:,} images + {n // 10:,} PE ({objects:,} objects; {runs} runs each)\n")
+def print_table(n, objects, results, floor_wall, floor_pages, runs, server):
+    print(f"\n### {server}: N = {n:,} images + {n // 10:,} PE ({objects:,} objects; {runs} runs each)\n")
     print(f"Full-listing floor (1 IMS GET + {floor_pages} listing pages, minimal client): "
           f"{floor_wall:.3f} s\n")
     print("| run | wall (median) | min – max | ratio to floor | peak RSS | IMS GETs | S3 list pages "
@@ -362,13 +406,17 @@ def main():
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/sbps-reconcile"))
     parser.add_argument("--venv", default=os.path.join(ROOT, "target/test-venv"))
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
+    parser.add_argument("--servers", default="rgw,rgw-nodelay,moto",
+                        help="S3 servers, comma-separated: rgw (beast's default tcp_nodelay=0), "
+                             "rgw-nodelay (tcp_nodelay=1), moto")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
     print(f"sbps-reconcile fleet benchmark, {time.strftime('%Y-%m-%d')}, "
           f"{os.cpu_count()} CPU(s), {os.uname().release}")
     for n in args.sizes:
-        bench(n, args.runs, args.venv, args.binary, args.keep)
+        for server in args.servers.split(","):
+            bench(n, args.runs, args.venv, args.binary, args.keep, server)
 
 
 if __name__ == "__main__":

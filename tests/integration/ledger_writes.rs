@@ -315,3 +315,81 @@ fn a_versioned_bucket_is_named_in_the_report_and_in_status() {
         "{status:#}"
     );
 }
+
+/// Runs killed with SIGKILL at random points (planning, applying, between the apply and
+/// the ledger write) on the live catalogue with the ledger in RGW: after each, the next run
+/// converges, the ledger in the bucket gives every LUN in place its number, and at the end
+/// a rebuilt worker gets every number back.
+#[test]
+fn runs_killed_at_any_point_never_cost_a_lun_number() {
+    const RUNS: u64 = 30;
+    let Some(live) = Live::new(1000) else { return };
+    // The stand-in targetctl rebuilds slowly, so kills land inside the apply too.
+    live.sandbox.write("bin/restore-pause", "0.02");
+    for id in ["k0", "k1", "k2"] {
+        live.image(id, format!("rootfs {id}\n").as_bytes());
+    }
+    live.sandbox.run(&[]).expect(0);
+    let mut seed: u64 = 20_261_206;
+    let mut next = |below: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % below
+    };
+    let mut killed = 0;
+    let mut listed: Vec<String> = Vec::new();
+    for run in 0..RUNS {
+        // A new image every run; now and then one of the earlier new ones goes.
+        let id = format!("n{run:02}");
+        live.image(&id, format!("rootfs {id}\n").as_bytes());
+        listed.push(id);
+        if next(3) == 0 && listed.len() > 1 {
+            let gone = listed.remove(next(listed.len() as u64) as usize);
+            live.list(&gone, Some(json!({"sbps-project": "false"})));
+        }
+        let mut child = spawn(&live.sandbox);
+        std::thread::sleep(std::time::Duration::from_millis(next(1000)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        let _ = child.wait();
+        // The next run converges and leaves the ledger saying what is in place.
+        live.sandbox.run(&[]).expect(0);
+        let report = live.sandbox.run(&["--output", "json"]).expect(0).json();
+        assert_eq!(report["changed"], json!(false), "run {run}: {report:#}");
+        for p in report["projections"].as_array().unwrap() {
+            let id = p["image_id"].as_str().unwrap_or_default();
+            if p["action"] == json!("keep") {
+                assert_eq!(ledger_lun(&live, id), p["lun"].as_u64(), "run {run}: {id}");
+            }
+        }
+    }
+    eprintln!("ledger kill loop: {RUNS} runs, {killed} killed");
+    assert!(
+        killed >= RUNS / 4,
+        "too few kills to mean anything: {killed}"
+    );
+    let before = live.sandbox.run(&["--output", "json"]).expect(0).json();
+    fs::remove_file(live.sandbox.saveconfig()).unwrap();
+    fs::remove_file(live.sandbox.path("bin/kernel.json")).unwrap();
+    let after = live.sandbox.run(&["--output", "json"]).expect(0).json();
+    let numbers = |report: &Value| -> Vec<(String, u64)> {
+        let mut found: Vec<(String, u64)> = report["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["action"] != json!("remove"))
+            .map(|p| {
+                (
+                    p["image_id"].as_str().unwrap_or_default().to_string(),
+                    p["lun"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(numbers(&after), numbers(&before), "{after:#}");
+}
