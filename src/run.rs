@@ -310,6 +310,10 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     };
     record.report.applied = true;
     record.report.kernel_changes = applied.kernel_changes;
+    for warning in applied.warnings {
+        log::warn!("{warning}");
+        record.report.warnings.push(warning);
+    }
     record.report.backup = applied.backup.map(|p| p.display().to_string());
     // Only now does the target hold the plan's numbers.
     write_ledger(&sources, ledger.as_ref(), &plan, record);

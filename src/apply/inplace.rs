@@ -636,6 +636,7 @@ pub fn apply(policy: &Policy, change: &Change) -> Result<Applied, Error> {
     Ok(Applied {
         backup,
         kernel_changes: steps.len(),
+        warnings: Vec::new(),
     })
 }
 

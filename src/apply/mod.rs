@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod inplace;
+pub mod known_broken;
 pub mod lock;
 pub mod restore;
 
@@ -33,6 +34,9 @@ pub struct Applied {
     pub backup: Option<PathBuf>,
     /// Changes made to the running target (configfs steps, or 1 for a restore).
     pub kernel_changes: usize,
+    /// What the report and the log should say about it (a foreign object that was already
+    /// broken).
+    pub warnings: Vec<String>,
 }
 
 /// Applies `change` in the policy's mode.

@@ -2,6 +2,7 @@
 //! running target first: every session drops), verify with `targetctl save`, and put the
 //! previous file back and restore it on failure.
 
+use super::known_broken::KnownBroken;
 use super::{back_up, Applied, Change};
 use crate::error::{ApplyError, Error, FileError};
 use crate::fsio::{create_parent_dir, parent_dir, write_atomic};
@@ -27,33 +28,53 @@ pub fn apply(policy: &Policy, change: &Change) -> Result<Applied, Error> {
     write_atomic(live, change.desired.as_bytes())
         .map_err(not_applied("writing the configuration"))?;
 
-    let outcome = targetctl.restore(live).and_then(|()| {
-        let check = parent_dir(live).join(format!(
-            ".sbps-reconcile-verify-{}.json",
-            std::process::id()
-        ));
-        let saved = targetctl
-            .save_and_read(&check, SaveConfig::read_managed)?
-            .map_err(ApplyError::VerifyUnreadable)?;
-        let differences =
-            ManagedView::of(&saved, &policy.catalogue, &policy.target).differences(change.expected);
-        if differences.is_empty() {
-            Ok(())
-        } else {
-            Err(ApplyError::Verify { differences })
-        }
-    });
+    // Built only if rtslib skips something: parsing both files costs at 5,000 LUNs.
+    let mut known = None;
+    let mut known_broken = |line: &str| {
+        known
+            .get_or_insert_with(|| known_broken(policy, change.desired.as_bytes(), change.previous))
+            .covers(line)
+    };
+    let outcome = targetctl
+        .restore(live, &mut known_broken)
+        .and_then(|tolerated| {
+            let check = parent_dir(live).join(format!(
+                ".sbps-reconcile-verify-{}.json",
+                std::process::id()
+            ));
+            let saved = targetctl
+                .save_and_read(&check, SaveConfig::read_managed)?
+                .map_err(ApplyError::VerifyUnreadable)?;
+            let differences = ManagedView::of(&saved, &policy.catalogue, &policy.target)
+                .differences(change.expected);
+            if differences.is_empty() {
+                Ok(tolerated)
+            } else {
+                Err(ApplyError::Verify { differences })
+            }
+        });
     match outcome {
-        Ok(()) => Ok(Applied {
+        Ok(tolerated) => Ok(Applied {
             backup,
             kernel_changes: 1,
+            warnings: tolerated
+                .iter()
+                .map(|line| {
+                    format!(
+                        "targetctl restore: {}: an object this tool does not own, broken \
+                         before this run (it was already in {}); left as it is",
+                        crate::describe::printable(line.trim()),
+                        live.display()
+                    )
+                })
+                .collect(),
         }),
         Err(error) => {
             log::warn!(
                 "{}; rolling back to the previous configuration",
                 crate::error::chain(&error)
             );
-            match rollback(&targetctl, live, change.previous) {
+            match rollback(&targetctl, live, change.previous, policy) {
                 Ok(()) => Err(Error::RolledBack { error }),
                 Err(rollback) => Err(Error::RollbackFailed {
                     error,
@@ -85,11 +106,23 @@ fn remove_stale_verify_files(dir: &Path) {
     }
 }
 
-fn rollback(targetctl: &Targetctl, live: &Path, previous: Option<&[u8]>) -> Result<(), ApplyError> {
+fn rollback(
+    targetctl: &Targetctl,
+    live: &Path,
+    previous: Option<&[u8]>,
+    policy: &Policy,
+) -> Result<(), ApplyError> {
     match previous {
         Some(bytes) => {
             write_atomic(live, bytes)?;
-            targetctl.restore(live)
+            // What was broken in the file before is broken the same way after.
+            let mut known = None;
+            let mut known_broken = |line: &str| {
+                known
+                    .get_or_insert_with(|| known_broken(policy, bytes, Some(bytes)))
+                    .covers(line)
+            };
+            targetctl.restore(live, &mut known_broken).map(drop)
         }
         None => {
             // There was no file: the previous configuration was empty.
@@ -101,4 +134,13 @@ fn rollback(targetctl: &Targetctl, live: &Path, previous: Option<&[u8]>) -> Resu
             targetctl.clear()
         }
     }
+}
+
+/// The foreign objects of `restored` that were already broken in `before`.
+fn known_broken(policy: &Policy, restored: &[u8], before: Option<&[u8]>) -> KnownBroken {
+    let Ok(restored) = SaveConfig::parse(restored) else {
+        return KnownBroken::default();
+    };
+    let before = before.and_then(|bytes| SaveConfig::parse(bytes).ok());
+    KnownBroken::new(&restored, before.as_ref(), policy)
 }

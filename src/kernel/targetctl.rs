@@ -49,8 +49,14 @@ impl Targetctl {
         run_bounded(command, self.timeout)
     }
 
-    /// `targetctl restore FILE`, with its silent failures turned into errors.
-    pub fn restore(&self, file: &Path) -> Result<(), ApplyError> {
+    /// `targetctl restore FILE`, with its silent failures turned into errors, but for the
+    /// `, skipped` lines `known_broken` covers (objects broken before the run, not the
+    /// tool's), which are returned for the report.
+    pub fn restore(
+        &self,
+        file: &Path,
+        known_broken: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Vec<String>, ApplyError> {
         let mut command = self.command(&["restore"], Some(file));
         let output = self.run(&mut command)?;
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -58,21 +64,22 @@ impl Targetctl {
         for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
             log::debug!("targetctl restore: {line}");
         }
+        let (tolerated, skipped): (Vec<String>, Vec<String>) = stderr
+            .lines()
+            .filter(|line| line.trim_end().ends_with(", skipped"))
+            .map(str::to_owned)
+            .partition(|line| known_broken(line));
         let failure = TargetctlFailure {
             command: crate::process::describe(&command),
             status: (!output.success).then(|| output.status.clone()),
             stderr_first_line: output.stderr_first_line(),
-            skipped: stderr
-                .lines()
-                .filter(|line| line.trim_end().ends_with(", skipped"))
-                .map(str::to_owned)
-                .collect(),
+            skipped,
             no_file: (stdout.contains("No saved config file")
                 || stderr.contains("No saved config file"))
             .then(|| file.to_owned()),
         };
         if failure.status.is_none() && failure.skipped.is_empty() && failure.no_file.is_none() {
-            Ok(())
+            Ok(tolerated)
         } else {
             Err(failure.into())
         }

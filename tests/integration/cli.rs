@@ -387,6 +387,62 @@ fn a_skipped_line_from_restore_is_a_failure() {
         .contains(", skipped"));
 }
 
+/// A foreign LUN whose storage object someone deleted by hand: rtslib skips it on every
+/// restore (and on the rollback's). It was broken before the run and is not the tool's, so
+/// it is a warning, and the image is added.
+#[test]
+fn a_foreign_lun_broken_before_the_run_is_a_warning_not_a_failed_restore() {
+    let sandbox = two_images();
+    sandbox.run(&[]).expect(0);
+    let mut config: Value =
+        serde_json::from_slice(&fs::read(sandbox.saveconfig()).unwrap()).unwrap();
+    config["targets"][0]["tpgs"][0]["luns"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"index": 9, "storage_object": "/backstores/block/scratch"}));
+    fs::write(
+        sandbox.saveconfig(),
+        serde_json::to_string_pretty(&config).unwrap() + "\n",
+    )
+    .unwrap();
+    sandbox.add_image("img-c", "cos-c", "etag-c", b"rootfs c\n");
+    let run = sandbox.run(&["--output", "json"]).expect(0);
+    let report = run.json();
+    assert_eq!(report["applied"], json!(true), "{}", run.describe());
+    assert_eq!(report["summary"]["add"], json!(1));
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("Could not find matching StorageObject for LUN 9")
+            && warnings.contains("does not own"),
+        "{warnings}"
+    );
+    assert!(run.stderr.contains("LUN 9"), "{}", run.stderr);
+    // The image is served by the running target; LUN 9 stays in the file, foreign.
+    let kernel = sandbox.kernel().unwrap().to_string();
+    assert!(
+        kernel.contains("rootfs c") || kernel.contains("img-c"),
+        "{kernel}"
+    );
+    let saved = sandbox.read("etc/target/saveconfig.json").unwrap();
+    assert!(saved.contains("/backstores/block/scratch"), "{saved}");
+
+    // A skipped line about anything else still fails the restore.
+    sandbox.add_image("img-d", "cos-d", "etag-d", b"rootfs d\n");
+    let restores = sandbox
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("restore"))
+        .count();
+    sandbox.stub("skip-restore", &format!("{}\n", restores + 1));
+    let run = sandbox.run(&["--output", "json"]).expect(1);
+    assert_eq!(
+        run.json()["error"]["kind"],
+        json!("rolled_back"),
+        "{}",
+        run.describe()
+    );
+}
+
 #[test]
 fn no_saved_config_file_is_a_failure() {
     let (sandbox, previous) = applied_then_changed();
