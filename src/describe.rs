@@ -49,9 +49,36 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The most characters of a key or path a message shows.
+pub const KEY_CHARS: usize = 120;
+
+/// An object key or a path, printable (see [`printable`]) and cut to a readable length: a
+/// longer one keeps its start and its end (where `/rootfs` or `.squashfs` is), the middle
+/// elided with its length, so every skip names its key without a 300-character line.
+pub fn key(text: &str) -> String {
+    let text = printable(text);
+    let count = text.chars().count();
+    if count <= KEY_CHARS {
+        return text.into_owned();
+    }
+    let head: String = text.chars().take(64).collect();
+    let tail: String = text.chars().skip(count - 40).collect();
+    format!("{head}…{tail} ({} bytes)", text.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_key_keeps_its_start_and_end() {
+        assert_eq!(key("abc/rootfs"), "abc/rootfs");
+        let long = format!("image-1/{}/rootfs", "x".repeat(300));
+        let short = key(&long);
+        assert!(short.starts_with("image-1/xxx") && short.ends_with("/rootfs (315 bytes)"));
+        assert!(short.chars().count() <= KEY_CHARS, "{short}");
+        assert_eq!(key("a\nb"), "a\\nb");
+    }
 
     #[test]
     fn control_characters_are_escaped() {

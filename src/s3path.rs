@@ -17,13 +17,14 @@ impl fmt::Display for KeyProblem {
 pub fn key_in_bucket<'a>(link: &'a str, bucket: &str) -> Result<&'a str, KeyProblem> {
     let rest = link
         .strip_prefix("s3://")
-        .ok_or_else(|| KeyProblem(format!("link {link:?} is not an s3:// URL")))?;
+        .ok_or_else(|| KeyProblem(format!("link {} is not an s3:// URL", quoted(link))))?;
     let (link_bucket, key) = rest
         .split_once('/')
-        .ok_or_else(|| KeyProblem(format!("link {link:?} names no object key")))?;
+        .ok_or_else(|| KeyProblem(format!("link {} names no object key", quoted(link))))?;
     if link_bucket != bucket {
         return Err(KeyProblem(format!(
-            "link {link:?} is outside bucket {bucket:?}"
+            "link {} is outside bucket {bucket:?}",
+            quoted(link)
         )));
     }
     check_key(key)?;
@@ -39,14 +40,18 @@ pub fn check_key(key: &str) -> Result<(), KeyProblem> {
     }
     if let Some(c) = key.chars().find(|c| matches!(c, ',' | '\n' | '\r' | '\0')) {
         return Err(KeyProblem(format!(
-            "key {key:?} holds {c:?}, which a fileio device path cannot carry"
+            "key {} holds {c:?}, which a fileio device path cannot carry",
+            quoted(key)
         )));
     }
     if key.starts_with('/') {
-        return Err(KeyProblem(format!("key {key:?} starts with '/'")));
+        return Err(KeyProblem(format!("key {} starts with '/'", quoted(key))));
     }
     if key.ends_with('/') {
-        return Err(KeyProblem(format!("key {key:?} is a folder marker")));
+        return Err(KeyProblem(format!(
+            "key {} is a folder marker",
+            quoted(key)
+        )));
     }
     if let Some(segment) = key
         .split('/')
@@ -58,10 +63,16 @@ pub fn check_key(key: &str) -> Result<(), KeyProblem> {
             format!("a {segment:?} segment")
         };
         return Err(KeyProblem(format!(
-            "key {key:?} holds {what} and would leave its place in the mount"
+            "key {} holds {what} and would leave its place in the mount",
+            quoted(key)
         )));
     }
     Ok(())
+}
+
+/// A key or link in a message: quoted, printable, cut to a readable length.
+fn quoted(text: &str) -> String {
+    format!("\"{}\"", crate::describe::key(text))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! every step, so the two cannot disagree.
 
 use super::{ImageRef, Kind, Skipped};
+use crate::describe;
 use crate::identity::Identity;
 use crate::image::ImageEntry;
 use crate::lio::managed::ManagedObject;
@@ -189,13 +190,16 @@ pub fn rootfs_candidate(
             trace.pass(RULE_LINK, link);
             let reason = SkipReason::new(
                 ReasonCode::ManifestUnreadable,
-                format!("{link} was not read"),
+                format!("{} was not read", describe::key(link)),
             );
             return Err(trace.fail(RULE_MANIFEST, kind, &image, Some(link.to_string()), reason));
         }
         RootfsTrail::ManifestSkipped { link, reason, .. } => {
             trace.pass(RULE_LINK, link);
-            let reason = SkipReason::new(reason.code, format!("{link}: {}", reason.detail));
+            let reason = SkipReason::new(
+                reason.code,
+                format!("{}: {}", describe::key(link), reason.detail),
+            );
             return Err(trace.fail(RULE_MANIFEST, kind, &image, Some(link.to_string()), reason));
         }
         RootfsTrail::BadRootfsPath {
@@ -234,7 +238,7 @@ pub fn rootfs_candidate(
             None => {
                 let reason = SkipReason::new(
                     ReasonCode::S3ObjectMissing,
-                    format!("no S3 object at {}", artifact.path),
+                    format!("no S3 object at {}", describe::key(&artifact.path)),
                 );
                 return Err(trace.fail(RULE_S3, kind, &image, Some(source), reason));
             }
@@ -242,8 +246,10 @@ pub fn rootfs_candidate(
                 let reason = SkipReason::new(
                     ReasonCode::EtagMismatch,
                     format!(
-                        "S3 has ETag {:?}, the manifest says {:?}",
-                        object.etag, artifact.etag
+                        "S3 has ETag {:?} for {}, the manifest says {:?}",
+                        object.etag,
+                        describe::key(&artifact.path),
+                        artifact.etag
                     ),
                 );
                 return Err(trace.fail(RULE_S3, kind, &image, Some(source), reason));
@@ -320,8 +326,9 @@ pub fn object_candidate(
         let reason = SkipReason::new(
             ReasonCode::MissingEtag,
             format!(
-                "identity: key+etag, and the listing gave {key} no ETag (nor, offline, a \
-                 modification time)"
+                "identity: key+etag, and the listing gave {} no ETag (nor, offline, a \
+                 modification time)",
+                describe::key(key)
             ),
         );
         return Err(trace.fail(RULE_S3, kind, &image, Some(url), reason));
@@ -366,14 +373,17 @@ fn mount_size(
     key: &str,
     expected: Option<u64>,
 ) -> Result<u64, SkipReason> {
-    let path = catalogue.dev_for_key(key);
+    let full = catalogue.dev_for_key(key);
+    let path = describe::key(&full);
     let reason = SkipReason::new;
-    if path.len() > MAX_DEV_BYTES {
+    if full.len() > MAX_DEV_BYTES {
         return Err(reason(
             ReasonCode::PathTooLong,
             format!(
-                "{path} is {} bytes; a fileio device name holds at most {MAX_DEV_BYTES}",
-                path.len()
+                "the path of {} is {} bytes; a fileio device name holds at most \
+                 {MAX_DEV_BYTES}",
+                describe::key(key),
+                full.len()
             ),
         ));
     }

@@ -343,3 +343,134 @@ fn a_managed_object_whose_facts_drifted_is_updated_in_place() {
     assert_eq!(second.projections[0].lun, Some(0));
     assert_eq!(second.lun_removals, 0);
 }
+
+/// Every skip of a manifest's image names the key at fault, cut to a readable length: the
+/// manifest's for a manifest that cannot be used, the rootfs object's after that.
+#[test]
+fn every_manifest_skip_names_its_key_cut_to_a_readable_length() {
+    use sbps_reconcile::manifest::RootfsArtifact;
+    use sbps_reconcile::skip::SkipReason;
+    use sbps_reconcile::snapshot::{ManifestRead, MountEntry, ObjectInfo};
+    let long = "x".repeat(190);
+    // (code, image id, how the snapshot is set up)
+    type Setup = fn(&mut Snap, &str, &str);
+    let manifest_says = |code: ReasonCode| -> Setup {
+        match code {
+            ReasonCode::ManifestUnreadable => {
+                |s, id, _| skip_manifest(s, id, ReasonCode::ManifestUnreadable)
+            }
+            ReasonCode::ManifestInvalid => {
+                |s, id, _| skip_manifest(s, id, ReasonCode::ManifestInvalid)
+            }
+            ReasonCode::NoRootfsArtifact => {
+                |s, id, _| skip_manifest(s, id, ReasonCode::NoRootfsArtifact)
+            }
+            _ => |s, id, _| skip_manifest(s, id, ReasonCode::MissingEtag),
+        }
+    };
+    fn skip_manifest(snap: &mut Snap, id: &str, code: ReasonCode) {
+        snap.0.manifests.insert(
+            format!("{id}/manifest.json"),
+            ManifestRead::Skip(SkipReason::new(code, "what the manifest reader said")),
+        );
+    }
+    fn objects(snap: &mut Snap) -> &mut std::collections::BTreeMap<String, ObjectInfo> {
+        snap.0.objects.get_or_insert_with(Default::default)
+    }
+    let cases: Vec<(ReasonCode, Setup)> = vec![
+        (
+            ReasonCode::ManifestUnreadable,
+            manifest_says(ReasonCode::ManifestUnreadable),
+        ),
+        (
+            ReasonCode::ManifestInvalid,
+            manifest_says(ReasonCode::ManifestInvalid),
+        ),
+        (
+            ReasonCode::NoRootfsArtifact,
+            manifest_says(ReasonCode::NoRootfsArtifact),
+        ),
+        (
+            ReasonCode::MissingEtag,
+            manifest_says(ReasonCode::MissingEtag),
+        ),
+        (ReasonCode::InvalidKey, |s, id, _| {
+            s.0.manifests.insert(
+                format!("{id}/manifest.json"),
+                ManifestRead::Rootfs(RootfsArtifact {
+                    path: format!("s3://boot-images/{id}/a,b/rootfs"),
+                    etag: "e".into(),
+                }),
+            );
+        }),
+        (ReasonCode::S3ObjectMissing, |s, _, _| {
+            objects(s);
+        }),
+        (ReasonCode::EtagMismatch, |s, id, _| {
+            objects(s).insert(
+                format!("{id}/rootfs"),
+                ObjectInfo {
+                    size: 10,
+                    etag: "other".into(),
+                },
+            );
+        }),
+        (ReasonCode::NotInMount, |s, id, _| {
+            s.0.mount
+                .insert(format!("{id}/rootfs"), MountEntry::Missing);
+        }),
+        (ReasonCode::SizeMismatch, |s, id, _| {
+            objects(s).insert(
+                format!("{id}/rootfs"),
+                ObjectInfo {
+                    size: 10,
+                    etag: "e".into(),
+                },
+            );
+            s.0.mount
+                .insert(format!("{id}/rootfs"), MountEntry::File { size: 3 });
+        }),
+        (ReasonCode::OutsideMount, |s, id, _| {
+            s.0.mount.insert(
+                format!("{id}/rootfs"),
+                MountEntry::Outside {
+                    target: "/etc/shadow".into(),
+                },
+            );
+        }),
+        (ReasonCode::PathTooLong, |s, id, long| {
+            let key = format!("{id}/{long}{long}/rootfs");
+            s.0.manifests.insert(
+                format!("{id}/manifest.json"),
+                ManifestRead::Rootfs(RootfsArtifact {
+                    path: format!("s3://boot-images/{key}"),
+                    etag: "e".into(),
+                }),
+            );
+            s.0.mount.insert(key, MountEntry::File { size: 10 });
+        }),
+    ];
+    for (code, setup) in cases {
+        let id = format!("img-{}-{long}", code.as_str());
+        let mut snap = Snap::new();
+        snap.rootfs(&id, "long", "e", 10);
+        setup(&mut snap, &id, &long);
+        let plan = plan(&policy(""), &snap.0, &empty());
+        let skipped = plan
+            .skipped
+            .iter()
+            .find(|s| s.reason.code == code)
+            .unwrap_or_else(|| panic!("{code}: no such skip in {:#?}", plan.skipped));
+        let detail = &skipped.reason.detail;
+        assert!(
+            detail.contains(&format!("img-{}-xxxx", code.as_str())),
+            "{code}: the key is not named: {detail}"
+        );
+        assert!(detail.contains('…'), "{code}: the key is not cut: {detail}");
+        assert!(
+            detail.chars().count() < 300,
+            "{code}: {} characters: {detail}",
+            detail.chars().count()
+        );
+    }
+}
