@@ -148,6 +148,22 @@ pub fn under_journal() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some()
 }
 
+/// Whether stdout is the journal too (systemd sets `JOURNAL_STREAM` to the device and inode
+/// of the stream it connected): then the text report would land in the journal at info, on
+/// top of the log's entries.
+pub fn stdout_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    rustix::fs::fstat(std::io::stdout()).is_ok_and(|stat| stat.st_dev == dev && stat.st_ino == ino)
+}
+
 /// Installs the logger; `RUST_LOG` (error, warn, info, debug, trace) overrides `level`.
 pub fn init(level: LevelFilter) {
     let level = std::env::var("RUST_LOG")

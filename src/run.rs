@@ -317,7 +317,8 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     record.report.backup = applied.backup.map(|p| p.display().to_string());
     // Only now does the target hold the plan's numbers.
     write_ledger(&sources, ledger.as_ref(), &plan, record);
-    log_summary(&plan, true, false);
+    let diff_file = keep_diff(&policy, &stamp, &record.report);
+    log_summary_with(&plan, true, false, diff_file.as_deref());
     Ok(changed_exit(cli))
 }
 
@@ -596,8 +597,29 @@ fn log_plan(plan: &Plan) {
     }
 }
 
+/// Under the journal, the diff of an applied run goes to a file beside the backups (named
+/// in the summary) instead of into the journal at info.
+fn keep_diff(policy: &Policy, stamp: &str, report: &Report) -> Option<PathBuf> {
+    if report.diff.is_empty() || !logger::stdout_is_journal() {
+        return None;
+    }
+    let lio = &policy.lio;
+    match apply::backup::keep_diff(&lio.backup_dir, lio.backups_kept, &report.diff, stamp) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            log::warn!("cannot keep the diff: {}", crate::error::chain(&e));
+            None
+        }
+    }
+}
+
 /// The one summary line of a run (not on a terminal: the report ends with it).
 fn log_summary(plan: &Plan, applied: bool, dry_run: bool) {
+    log_summary_with(plan, applied, dry_run, None);
+}
+
+/// [`log_summary`], naming the file that holds the run's diff.
+fn log_summary_with(plan: &Plan, applied: bool, dry_run: bool, diff: Option<&std::path::Path>) {
     if !logger::log_decisions() {
         return;
     }
@@ -610,8 +632,11 @@ fn log_summary(plan: &Plan, applied: bool, dry_run: bool) {
     } else {
         "not applied"
     };
+    let diff = diff.map_or_else(String::new, |path| {
+        format!("; the diff: {}", path.display())
+    });
     log::info!(
-        "summary: {state}: {} added, {} removed, {} updated, {} kept, {} skipped",
+        "summary: {state}: {} added, {} removed, {} updated, {} kept, {} skipped{diff}",
         plan.count(Action::Add),
         plan.count(Action::Remove),
         plan.count(Action::Update),
@@ -775,6 +800,16 @@ fn print(report: &Report, output: Output) {
             let _ = serde_json::to_writer_pretty(&mut stdout, report);
             let _ = stdout.write_all(b"\n");
             let _ = stdout.flush();
+        }
+        // Under the unit stdout is the journal too: the log already holds each decision
+        // and the one summary; the report's text (and its diff) would repeat them at info.
+        Output::Text if logger::stdout_is_journal() => {
+            for note in &report.notes {
+                log::info!("note: {note}");
+            }
+            if !report.diff.is_empty() {
+                log::debug!("diff:\n{}", report.diff);
+            }
         }
         Output::Text => {
             let _ = write_stdout(&report.to_text());

@@ -42,6 +42,34 @@ pub fn backup(
     Ok(Some(path))
 }
 
+/// Keeps the diff of an applied run beside its backup, `<dir>/saveconfig-<stamp>-diff.txt`,
+/// mode 0600, the newest `keep` kept. Under the journal the diff is not logged (a cold start
+/// at 1,000 images is thousands of lines at info): the run's summary names this file.
+pub fn keep_diff(dir: &Path, keep: usize, diff: &str, stamp: &str) -> Result<PathBuf, FileError> {
+    crate::fsio::create_private_dir(dir)?;
+    let path = dir.join(format!("saveconfig-{stamp}-diff.txt"));
+    write_atomic(&path, diff.as_bytes())?;
+    let mut all: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| FileError::new("list", dir, e))?
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with("saveconfig-") && name.ends_with("-diff.txt"))
+        })
+        .map(|entry| entry.path())
+        .collect();
+    all.sort();
+    let excess = all.len().saturating_sub(keep.max(1));
+    for old in all.drain(..excess) {
+        if let Err(e) = fs::remove_file(&old) {
+            log::warn!("cannot remove old diff {}: {e}", old.display());
+        }
+    }
+    Ok(path)
+}
+
 /// Removes the temporary files of backups that a killed run left half written. Each backup
 /// has its own name, so each such file would stay for ever; the run lock says no other run
 /// is writing one now.
@@ -127,6 +155,39 @@ mod tests {
         backup(&sub, 3, b"one", "20260101-00:00:01").unwrap();
         let mode = fs::metadata(&sub).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn diffs_are_kept_beside_the_backups_the_newest_only() {
+        let dir = tempfile::tempdir().unwrap();
+        backup(dir.path(), 2, b"one", "20260101-00:00:01").unwrap();
+        for i in 0..4 {
+            let path = keep_diff(
+                dir.path(),
+                2,
+                &format!("diff {i}\n"),
+                &format!("20260101-00:00:0{i}"),
+            )
+            .unwrap();
+            assert_eq!(fs::read_to_string(&path).unwrap(), format!("diff {i}\n"));
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "saveconfig-20260101-00:00:01-json.gz",
+                "saveconfig-20260101-00:00:02-diff.txt",
+                "saveconfig-20260101-00:00:03-diff.txt"
+            ]
+        );
+        // A diff is not a backup: the backups' count and dedup are untouched.
+        assert_eq!(list_backups(dir.path()).unwrap().len(), 1);
     }
 
     #[test]

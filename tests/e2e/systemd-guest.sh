@@ -102,6 +102,14 @@ start restore
 check "systemctl start succeeds (exit $RC)" [ $RC = 0 ]
 check "the unit's result is success" [ "$(systemctl show -p Result --value $UNIT)" = success ]
 check "the run applied with a restore" run_says '^summary: applied: 5 added'
+# The journal of a cold start: each decision and one summary, no text report, no diff (the
+# diff is kept beside the backups and named in the summary).
+metric cold_start_journal_lines "$(last_run | wc -l)"
+check "one summary line in the cold start's journal" [ "$(last_run | grep -c '^summary:')" = 1 ]
+check "no diff line in the journal" [ "$(last_run | grep -cE '^(--- current|\+\+\+ desired|@@ )')" = 0 ]
+diff_file=$(last_run | sed -n 's/^summary: .*; the diff: //p')
+check "the summary names the diff, kept beside the backups" [ -s "$diff_file" ]
+case $diff_file in /etc/target/backup/saveconfig-*-diff.txt) ;; *) fail "diff kept at '$diff_file'" ;; esac
 check "targetctl restore ran (target modules loaded)" grep -q '^target_core_mod' /proc/modules
 check "saveconfig.json written" [ -s /etc/target/saveconfig.json ]
 check "the ledger written in the StateDirectory" [ -s /var/lib/sbps-reconcile/luns.json ]

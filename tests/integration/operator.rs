@@ -755,3 +755,65 @@ fn an_old_agent_configuration_is_adopted_without_changes() {
     assert!(sandbox.calls().is_empty());
     assert_eq!(sandbox.read("etc/target/saveconfig.json").unwrap(), text);
 }
+
+/// Under the unit stdout is the journal as well (systemd names the stream in
+/// `JOURNAL_STREAM`): the run writes no text report there, so the journal gets each decision
+/// and one summary, and no diff line; the diff of an applied run is kept beside the backups,
+/// named in the summary.
+#[test]
+fn under_the_unit_the_journal_gets_one_summary_and_no_diff() {
+    use std::os::unix::fs::MetadataExt;
+    let sandbox = catalogue();
+    let stdout_path = sandbox.path("journal-stdout");
+    let stdout = fs::File::create(&stdout_path).unwrap();
+    let meta = stdout.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    // Before: the same cold start with the text report on stdout (a stream that is not the
+    // journal's), as every run under the unit printed it until now.
+    let twin = catalogue();
+    let before = twin
+        .run_command(twin.command().env("JOURNAL_STREAM", "8:12345"))
+        .expect(0);
+    let before_lines = before.stdout.lines().count() + before.stderr.lines().count();
+    assert!(before.stdout.contains("+++ desired"));
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sbps-reconcile"))
+        .arg("--policy")
+        .arg(sandbox.path("policy.yaml"))
+        .current_dir(sandbox.root())
+        .env_remove("RUST_LOG")
+        .env("SBPS_JOURNAL_SOCKET", sandbox.path("run/journal.socket"))
+        .env("JOURNAL_STREAM", &stream)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let journal = fs::read_to_string(&stdout_path).unwrap();
+    assert_eq!(journal, "", "the text report went to the journal");
+    let summaries: Vec<&str> = stderr.lines().filter(|l| l.contains("summary:")).collect();
+    assert_eq!(summaries.len(), 1, "{stderr}");
+    let named = summaries[0]
+        .split("the diff: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("the summary names no diff: {}", summaries[0]));
+    let diff = fs::read_to_string(named).unwrap();
+    assert!(diff.starts_with("--- current\n+++ desired\n"), "{diff}");
+    assert!(Path::new(named).starts_with(sandbox.path("etc/target/backup")));
+    for line in stderr.lines() {
+        assert!(
+            line.starts_with('<'),
+            "a line without a priority (a report or diff line): {line:?}\n{stderr}"
+        );
+    }
+    let after_lines = stderr.lines().count();
+    eprintln!(
+        "journal lines of a cold start (4 images, 1 skipped): {before_lines} with the text \
+         report and its diff, {after_lines} now"
+    );
+    assert!(
+        after_lines < before_lines,
+        "{before_lines} -> {after_lines}"
+    );
+}
