@@ -40,7 +40,7 @@ Policy file, when \fB\-\-policy\fR is not given.
 Log level (error, warn, info, debug, trace), overriding \fB\-v\fR and \fB\-q\fR.
 .TP
 .B JOURNAL_STREAM
-Set by systemd when stderr goes to the journal. Each entry is then sent over the journal's native protocol with its priority and the decision's fields: \fBREASON_CODE\fR, \fBKIND\fR, \fBIMAGE_ID\fR, \fBIMAGE_NAME\fR and \fBIMAGE_SOURCE\fR on a skipped image; \fBACTION\fR, \fBLUN\fR, \fBSTORAGE_OBJECT\fR and the image fields on a projection. So \fBjournalctl \-p warning \-u sbps\-reconcile\fR shows the skipped images and the failures, and \fBjournalctl \-u sbps\-reconcile REASON_CODE=missing_etag\fR or \fBIMAGE_ID=\fR\fIid\fR finds one kind of decision. When the journal socket cannot be reached, the lines go to stderr with syslog priorities (\fB<4>\fR). Without it, on a terminal, each decision is shown once, in the report, and not logged again; to a pipe or a file, one line per decision is logged on stderr as well. Kept LUNs and images that are not tagged are logged at debug (\fB\-v\fR): a run that changes nothing logs its summary line only.
+Set by systemd when stderr goes to the journal. Each entry is then sent over the journal's native protocol with its priority and the decision's fields: \fBREASON_CODE\fR, \fBKIND\fR, \fBIMAGE_ID\fR, \fBIMAGE_NAME\fR and \fBIMAGE_SOURCE\fR on a skipped image; \fBACTION\fR, \fBLUN\fR, \fBSTORAGE_OBJECT\fR and the image fields on a projection. So \fBjournalctl \-p warning \-u sbps\-reconcile\fR shows the skipped images and the failures, and \fBjournalctl \-u sbps\-reconcile REASON_CODE=missing_etag\fR or \fBIMAGE_ID=\fR\fIid\fR finds one kind of decision. When the journal socket cannot be reached, the lines go to stderr with syslog priorities (\fB<4>\fR). Without it, on a terminal, each decision is shown once, in the report, and not logged again; to a pipe or a file, one line per decision is logged on stderr as well. Kept LUNs and images that are not tagged are logged at debug (\fB\-v\fR): a run that changes nothing logs its summary line only. When stdout is the journal as well (the unit as shipped), the text report is not printed: the journal gets each decision and one summary line, never the diff; an applied run's diff is kept beside the backups and the summary names it.
 .TP
 .B SBPS_JOURNAL_SOCKET
 The journal's native socket (default \fI/run/systemd/journal/socket\fR), for a journald that listens elsewhere.
@@ -54,6 +54,9 @@ The LIO configuration the tool plans against and writes (\fBlio.saveconfig\fR).
 .TP
 .I /etc/target/backup/saveconfig\-YYYYmmdd\-HH:MM:SS\-json.gz
 Backups of the previous configuration, as targetcli makes them; 10 kept (\fBlio.backup_dir\fR).
+.TP
+.I /etc/target/backup/saveconfig\-YYYYmmdd\-HH:MM:SS\-diff.txt
+Under the journal, the diff of each applied run, named in its summary line; as many kept as backups.
 .TP
 .I /run/sbps\-reconcile.lock
 One run at a time (\fBlio.lock_file\fR); \fI/var/run/targetcli.lock\fR is taken too.
