@@ -8,32 +8,40 @@
 //! input and [`Ledger::after`] gives the ledger a plan leaves.
 
 use crate::plan::{Action, ImageRef, Kind, Plan};
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// Bumped when a field changes meaning.
+/// The ledger's major version: bumped when a field changes meaning. A ledger of a newer
+/// major is used read-only (its numbers honoured where this version understands them, the
+/// file never rewritten); fields and entry kinds a newer minor adds are kept as they are.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// One target's ledger.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One target's ledger. Written by every version of the tool in a fleet that upgrades one
+/// worker at a time: what this version does not understand (fields, entries of a kind it
+/// does not know) is kept, and written back untouched when it rewrites its own ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
     pub schema_version: u32,
     /// The target's IQN.
     pub target: String,
     /// The highest LUN index ever handed out on this target.
-    #[serde(default)]
     pub high_water: Option<u32>,
     /// By identity (storage object name). Entries are shared between copies until one is
     /// changed: the planner works on a copy, and at 5,500 entries a deep one was 3 MB.
-    #[serde(default)]
     pub entries: BTreeMap<String, Arc<Entry>>,
+    /// Entries this version does not understand (a kind a newer version added), as read:
+    /// their index is never handed to another identity here, and they take no part in the
+    /// fleet's numbering.
+    pub foreign: BTreeMap<String, Value>,
+    /// Top-level fields this version does not know, as read.
+    pub extra: Map<String, Value>,
 }
 
 /// What the ledger knows of one identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Entry {
     pub lun: u32,
     pub kind: Kind,
@@ -51,6 +59,97 @@ pub struct Entry {
     /// Unix time its LUN was removed.
     #[serde(default)]
     pub removed: Option<u64>,
+    /// Fields this version does not know, as read (written back with the entry).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The ledger as written: the known fields, the entries (known and foreign, by name), then
+/// the fields this version does not know.
+impl Serialize for Ledger {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("schema_version", &self.schema_version)?;
+        map.serialize_entry("target", &self.target)?;
+        map.serialize_entry("high_water", &self.high_water)?;
+        map.serialize_entry("entries", &AllEntries(self))?;
+        for (key, value) in &self.extra {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// Known and foreign entries, in name order.
+struct AllEntries<'a>(&'a Ledger);
+
+impl Serialize for AllEntries<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let ledger = self.0;
+        let mut map =
+            serializer.serialize_map(Some(ledger.entries.len() + ledger.foreign.len()))?;
+        let mut known = ledger.entries.iter().peekable();
+        let mut foreign = ledger.foreign.iter().peekable();
+        loop {
+            match (known.peek(), foreign.peek()) {
+                (Some((k, _)), Some((f, _))) if f < k => {
+                    let (name, value) = foreign.next().unwrap_or_else(|| unreachable!());
+                    map.serialize_entry(name, value)?;
+                }
+                (Some(_), _) => {
+                    let (name, entry) = known.next().unwrap_or_else(|| unreachable!());
+                    map.serialize_entry(name, entry.as_ref())?;
+                }
+                (None, Some(_)) => {
+                    let (name, value) = foreign.next().unwrap_or_else(|| unreachable!());
+                    map.serialize_entry(name, value)?;
+                }
+                (None, None) => break,
+            }
+        }
+        map.end()
+    }
+}
+
+/// The ledger as read, before its entries are sorted into known and foreign.
+#[derive(Deserialize)]
+struct RawLedger {
+    schema_version: u32,
+    target: String,
+    #[serde(default)]
+    high_water: Option<u32>,
+    #[serde(default)]
+    entries: BTreeMap<String, Box<serde_json::value::RawValue>>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for Ledger {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Ledger, D::Error> {
+        let raw = RawLedger::deserialize(deserializer)?;
+        let mut entries = BTreeMap::new();
+        let mut foreign = BTreeMap::new();
+        for (name, text) in raw.entries {
+            match serde_json::from_str::<Entry>(text.get()) {
+                Ok(entry) => {
+                    entries.insert(name, Arc::new(entry));
+                }
+                Err(_) => {
+                    let value: Value =
+                        serde_json::from_str(text.get()).map_err(serde::de::Error::custom)?;
+                    foreign.insert(name, value);
+                }
+            }
+        }
+        Ok(Ledger {
+            schema_version: raw.schema_version,
+            target: raw.target,
+            high_water: raw.high_water,
+            entries,
+            foreign,
+            extra: raw.extra,
+        })
+    }
 }
 
 impl Entry {
@@ -75,7 +174,7 @@ pub struct Served {
 pub enum LedgerProblem {
     #[error("it is not a ledger: {0}")]
     NotALedger(#[source] serde_json::Error),
-    #[error("its schema_version is {found}, this tool reads {SCHEMA_VERSION}")]
+    #[error("its schema_version is {found}, this tool reads {SCHEMA_VERSION} and older")]
     Version { found: u32 },
     #[error("it is the ledger of {found}, not of {expected}")]
     OtherTarget { found: String, expected: String },
@@ -92,15 +191,37 @@ impl Ledger {
         Ledger {
             schema_version: SCHEMA_VERSION,
             target: target.to_string(),
-            high_water: None,
-            entries: BTreeMap::new(),
+            ..Ledger::default()
         }
     }
 
-    /// Parses and checks a ledger of `target`.
+    /// Why this version must not rewrite the ledger, if it must not: a newer major version
+    /// may mean what this one cannot see.
+    pub fn read_only(&self) -> Option<String> {
+        (self.schema_version > SCHEMA_VERSION).then(|| {
+            format!(
+                "its schema_version {} is newer than this tool's {SCHEMA_VERSION}: used \
+                 read-only (its numbers are honoured, it is not rewritten) until this worker \
+                 runs the newer version",
+                self.schema_version
+            )
+        })
+    }
+
+    /// The indices of entries this version does not understand, where they name one.
+    fn foreign_luns(&self) -> impl Iterator<Item = u32> + '_ {
+        self.foreign.values().filter_map(|v| {
+            v.get("lun")
+                .and_then(Value::as_u64)
+                .and_then(|l| u32::try_from(l).ok())
+        })
+    }
+
+    /// Parses and checks a ledger of `target`. A newer major version is read as far as this
+    /// version understands it: see [`Ledger::is_newer`].
     pub fn parse(bytes: &[u8], target: &str) -> Result<Ledger, LedgerProblem> {
         let ledger: Ledger = serde_json::from_slice(bytes).map_err(LedgerProblem::NotALedger)?;
-        if ledger.schema_version != SCHEMA_VERSION {
+        if ledger.schema_version == 0 {
             return Err(LedgerProblem::Version {
                 found: ledger.schema_version,
             });
@@ -167,6 +288,7 @@ impl Ledger {
                         first_projected: now,
                         unwanted_since: None,
                         removed: None,
+                        extra: previous.map(|e| e.extra.clone()).unwrap_or_default(),
                     };
                     self.entries.insert(lun.name.clone(), Arc::new(entry));
                 }
@@ -183,7 +305,11 @@ impl Ledger {
     /// Indices another identity holds, or held: not to be handed to a new identity while a
     /// never-used one is left.
     pub fn claimed(&self) -> BTreeSet<u32> {
-        self.entries.values().map(|e| e.lun).collect()
+        self.entries
+            .values()
+            .map(|e| e.lun)
+            .chain(self.foreign_luns())
+            .collect()
     }
 
     /// When each index was last freed (Unix time), for the indices this ledger freed.
@@ -242,6 +368,10 @@ impl Ledger {
                     _ => None,
                 },
                 removed: (p.action == Action::Remove).then_some(now),
+                extra: previous
+                    .as_ref()
+                    .map(|e| e.extra.clone())
+                    .unwrap_or_default(),
             };
             // An entry as it was stays shared.
             if previous.as_deref() != Some(&entry) {
@@ -319,6 +449,7 @@ mod tests {
             first_projected: 1,
             unwanted_since: removed,
             removed,
+            extra: Map::new(),
         })
     }
 
@@ -337,13 +468,88 @@ mod tests {
             Err(LedgerProblem::OtherTarget { .. })
         ));
         assert!(matches!(
-            Ledger::parse(br#"{"schema_version": 9, "target": "iqn.x:a"}"#, "iqn.x:a"),
-            Err(LedgerProblem::Version { found: 9 })
+            Ledger::parse(br#"{"schema_version": 0, "target": "iqn.x:a"}"#, "iqn.x:a"),
+            Err(LedgerProblem::Version { found: 0 })
         ));
+        // A newer major version is read, and not to be rewritten.
+        let newer = Ledger::parse(br#"{"schema_version": 9, "target": "iqn.x:a"}"#, "iqn.x:a");
+        assert!(newer.is_ok_and(|l| l.read_only().is_some()));
         assert!(Ledger::parse(b"[]", "iqn.x:a").is_err());
         // A removed entry may share the index it once had with the identity that has it now.
         Arc::make_mut(ledger.entries.get_mut("n1").unwrap()).removed = Some(5);
         assert!(Ledger::parse(&ledger.to_json(), "IQN.X:A").is_ok());
+    }
+
+    /// A ledger "written by a newer version": a new top-level field, a new field on an
+    /// entry, an entry of a kind this version does not know.
+    const NEWER: &str = r#"{
+  "schema_version": 1,
+  "target": "iqn.x:a",
+  "high_water": 7,
+  "entries": {
+    "aaa": {
+      "lun": 1,
+      "kind": "pe",
+      "source": "s3://b/PE/a",
+      "first_projected": 5,
+      "checksum": "sha256:00ff"
+    },
+    "bbb": {
+      "first_projected": 6,
+      "kind": "volume",
+      "lun": 7,
+      "pool": {
+        "name": "fast",
+        "tier": 2
+      },
+      "source": "s3://b/vol/x"
+    }
+  },
+  "schema_minor": 4,
+  "written_by": {
+    "tool": "sbps-reconcile",
+    "version": "9.9.9"
+  }
+}
+"#;
+
+    #[test]
+    fn what_a_newer_version_wrote_is_kept_and_numbered_around() {
+        let ledger = Ledger::parse(NEWER.as_bytes(), "iqn.x:a").unwrap();
+        assert!(
+            ledger.read_only().is_none(),
+            "a newer minor is read and written"
+        );
+        assert_eq!(ledger.entries.len(), 1);
+        assert_eq!(ledger.entries["aaa"].extra["checksum"], "sha256:00ff");
+        assert_eq!(ledger.foreign["bbb"]["kind"], "volume");
+        // The unknown entry's index is never handed to another identity here...
+        assert!(ledger.claimed().contains(&7));
+        // ...and takes no part in the fleet's numbering.
+        let numbers = fleet_numbers(std::slice::from_ref(&ledger));
+        assert_eq!(numbers.get("aaa"), Some(&1));
+        assert_eq!(numbers.get("bbb"), None);
+        // Written back, every part it did not understand is there as it was: the foreign
+        // entry byte for byte, the unknown fields with their values.
+        let written = String::from_utf8(ledger.to_json()).unwrap();
+        let foreign_text = &NEWER
+            [NEWER.find("    \"bbb\"").unwrap()..NEWER.find("\n  },\n  \"schema_minor\"").unwrap()];
+        assert!(written.contains(foreign_text), "{written}");
+        let before: Value = serde_json::from_str(NEWER).unwrap();
+        let after: Value = serde_json::from_str(&written).unwrap();
+        for field in ["schema_minor", "written_by", "high_water", "target"] {
+            assert_eq!(after[field], before[field], "{field}");
+        }
+        assert_eq!(after["entries"]["bbb"], before["entries"]["bbb"]);
+        assert_eq!(after["entries"]["aaa"]["checksum"], "sha256:00ff");
+        // A change of this version's own entries leaves them all in place.
+        let mut changed = ledger.clone();
+        changed.entries.insert("ccc".into(), entry(8, None));
+        let after: Value = serde_json::from_slice(&changed.to_json()).unwrap();
+        assert_eq!(after["entries"]["bbb"], before["entries"]["bbb"]);
+        assert_eq!(after["written_by"], before["written_by"]);
+        assert_eq!(after["schema_minor"], before["schema_minor"]);
+        assert_eq!(after["entries"]["aaa"]["checksum"], "sha256:00ff");
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct LedgerReport {
     /// conditional write may not hold there: see `warnings`); `null` when it does not, or
     /// when the run did not ask (it planned with the remembered ledger).
     pub bucket_versioning: Option<&'static str>,
+    /// Why this version does not rewrite the ledger (a newer major version wrote it: its
+    /// numbers are honoured, the file left as it is); `null` when it may.
+    pub read_only: Option<String>,
 }
 
 named_enum! {

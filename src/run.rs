@@ -422,6 +422,7 @@ fn ledger_report(read: &LedgerRead) -> LedgerReport {
         remembered: read.remembered,
         outcome: LedgerOutcome::NotWritten,
         bucket_versioning: read.bucket_versioning,
+        read_only: read.read_only.clone(),
     }
 }
 
@@ -439,6 +440,9 @@ fn write_ledger(
     };
     let outcome = if read.found && *next == read.ledger {
         LedgerOutcome::Unchanged
+    } else if let Some(why) = &read.read_only {
+        log::warn!("LUN ledger {} not written: {why}", read.place);
+        LedgerOutcome::NotWritten
     } else {
         // Asked before each write: in a versioned bucket the condition may not hold.
         let versioning = store.versioning();
@@ -520,6 +524,11 @@ fn report_plan(
         cli.diff,
     );
     record.report.ledger = inputs.ledger.map(ledger_report);
+    if let Some(why) = inputs.ledger.and_then(|l| l.read_only.as_ref()) {
+        record.report.warnings.push(format!(
+            "the LUN ledger is read-only for this version: {why}"
+        ));
+    }
     record.figures = Some(PlanFigures::of(&plan));
     log_plan(&plan);
     safety::check(inputs.policy, inputs.snapshot, &plan, cli.allow_removals)?;

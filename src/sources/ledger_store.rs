@@ -225,6 +225,8 @@ pub struct LedgerRead {
     /// conditional write may not hold. Asked (one request) only before a write and by
     /// `status`; `None` until then.
     pub bucket_versioning: Option<&'static str>,
+    /// Why this version must not rewrite the ledger (a newer major version wrote it).
+    pub read_only: Option<String>,
 }
 
 impl LedgerRead {
@@ -273,7 +275,17 @@ pub fn read(store: &dyn LedgerStore, policy: &Policy) -> Result<LedgerRead, Sour
             .bytes
             .and_then(|bytes| Ledger::parse(&bytes, &other.target).map_err(|e| e.to_string()))
         {
-            Ok(ledger) => others.push(ledger),
+            Ok(ledger) => {
+                if !ledger.foreign.is_empty() {
+                    log::info!(
+                        "the fleet's LUN ledger {}: {} entries of a kind this version does not \
+                         know take no part in numbering",
+                        crate::describe::printable(&other.place),
+                        ledger.foreign.len()
+                    );
+                }
+                others.push(ledger)
+            }
             Err(problem) => log::warn!(
                 "the fleet's LUN ledger {} is ignored: {problem}",
                 crate::describe::printable(&other.place)
@@ -285,6 +297,7 @@ pub fn read(store: &dyn LedgerStore, policy: &Policy) -> Result<LedgerRead, Sour
         if found { "read" } else { "none yet" },
         others.len()
     );
+    let read_only = ledger.read_only();
     Ok(LedgerRead {
         place,
         ledger,
@@ -294,6 +307,7 @@ pub fn read(store: &dyn LedgerStore, policy: &Policy) -> Result<LedgerRead, Sour
         fleet_targets: others.len(),
         remembered: false,
         bucket_versioning: None,
+        read_only,
     })
 }
 
@@ -303,6 +317,7 @@ pub fn read(store: &dyn LedgerStore, policy: &Policy) -> Result<LedgerRead, Sour
 pub fn remembered(store: &dyn LedgerStore, policy: &Policy) -> Option<LedgerRead> {
     let stored = store.remembered()?;
     let ledger = Ledger::parse(stored.bytes.as_deref()?, &policy.target.iqn).ok()?;
+    let read_only = ledger.read_only();
     Some(LedgerRead {
         place: store.place(),
         ledger,
@@ -312,6 +327,7 @@ pub fn remembered(store: &dyn LedgerStore, policy: &Policy) -> Option<LedgerRead
         fleet_targets: 0,
         remembered: true,
         bucket_versioning: None,
+        read_only,
     })
 }
 

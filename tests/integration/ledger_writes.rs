@@ -393,3 +393,84 @@ fn runs_killed_at_any_point_never_cost_a_lun_number() {
     };
     assert_eq!(numbers(&after), numbers(&before), "{after:#}");
 }
+
+/// A rolling upgrade: ledgers written by a newer version (a new field, a new entry kind, a
+/// newer minor and a newer major) are read, numbered around, and kept as they were.
+#[test]
+fn ledgers_written_by_a_newer_version_are_read_numbered_around_and_kept() {
+    let Some(live) = Live::new(1000) else { return };
+    let bucket = live.s3.bucket.clone();
+    let etag_a = live.image("a", b"rootfs a\n");
+    let name_a =
+        sbps_reconcile::identity::Identity::rootfs(&format!("s3://{bucket}/a/rootfs"), &etag_a)
+            .name;
+    // This target's ledger, by a newer minor: an unknown field, an entry of an unknown kind
+    // holding LUN 0.
+    let mine = json!({
+        "schema_version": 1, "schema_minor": 4, "target": crate::util::model::IQN, "high_water": 0,
+        "entries": {"fff0000000000000": {"lun": 0, "kind": "volume", "source": "s3://x/vol/1",
+                                         "first_projected": 1, "pool": {"tier": 2}}},
+        "written_by": {"tool": "sbps-reconcile", "version": "9.9.9"}});
+    live.s3
+        .put(&ledger_key(), &serde_json::to_vec_pretty(&mine).unwrap());
+    // Another target's, by the same newer version: image a at LUN 5 (with a field this
+    // version does not know), and an unknown kind at LUN 3.
+    let theirs = json!({
+        "schema_version": 1, "schema_minor": 4, "target": "iqn.2023-06.csm.iscsi:ncn-w002",
+        "high_water": 5,
+        "entries": {
+            name_a.clone(): {"lun": 5, "kind": "rootfs", "source": format!("s3://{bucket}/a/rootfs"),
+                             "first_projected": 1, "checksum": "sha256:00"},
+            "eee0000000000000": {"lun": 3, "kind": "volume", "source": "s3://x/vol/2",
+                                 "first_projected": 1}}});
+    live.s3.put(
+        "sbps-reconcile/luns/iqn.2023-06.csm.iscsi:ncn-w002.json",
+        &serde_json::to_vec_pretty(&theirs).unwrap(),
+    );
+    let run = live.sandbox.run(&["--output", "json"]).expect(0);
+    let report = run.json();
+    assert_eq!(
+        report_lun(&report, "a"),
+        Some(5),
+        "the fleet's number: {report:#}"
+    );
+    assert_eq!(report["ledger"]["outcome"], json!("written"));
+    assert_eq!(report["ledger"]["read_only"], Value::Null);
+    assert!(
+        run.stderr.contains("take no part in numbering"),
+        "{}",
+        run.stderr
+    );
+    let written: Value = serde_json::from_slice(&live.s3.get(&ledger_key()).unwrap()).unwrap();
+    assert_eq!(
+        written["entries"]["fff0000000000000"],
+        mine["entries"]["fff0000000000000"]
+    );
+    assert_eq!(written["written_by"], mine["written_by"]);
+    assert_eq!(written["schema_minor"], mine["schema_minor"]);
+    assert_eq!(written["entries"][&name_a]["lun"], json!(5));
+
+    // A newer major version: the run goes on with the numbers it holds, and leaves it as it is.
+    let mut major = written.clone();
+    major["schema_version"] = json!(2);
+    let major_bytes = serde_json::to_vec_pretty(&major).unwrap();
+    live.s3.put(&ledger_key(), &major_bytes);
+    live.image("b", b"rootfs b\n");
+    let report = live.sandbox.run(&["--output", "json"]).expect(0).json();
+    assert_eq!(report["applied"], json!(true), "{report:#}");
+    let b = report_lun(&report, "b").unwrap();
+    assert!(b != 0 && b != 5, "b took a number the ledger holds: {b}");
+    assert_eq!(report["ledger"]["outcome"], json!("not_written"));
+    assert!(
+        report["ledger"]["read_only"]
+            .as_str()
+            .is_some_and(|why| why.contains("schema_version 2")),
+        "{report:#}"
+    );
+    assert!(report["warnings"].to_string().contains("read-only"));
+    assert_eq!(
+        live.s3.get(&ledger_key()).unwrap(),
+        major_bytes,
+        "rewritten"
+    );
+}
