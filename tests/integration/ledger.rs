@@ -3,7 +3,7 @@
 //! binary with the ledger in a file and in a real bucket (Ceph RGW).
 
 use crate::util::model::{luns_of, Snap, IQN};
-use crate::util::sandbox::Sandbox;
+use crate::util::sandbox::{luns_by_source, Sandbox};
 use sbps_reconcile::identity::Identity;
 use sbps_reconcile::ledger::{fleet_numbers, Ledger};
 use sbps_reconcile::lio::SaveConfig;
@@ -285,22 +285,6 @@ fn ledger_sandbox() -> Sandbox {
     ));
     sandbox.write_policy("", 10);
     sandbox
-}
-
-/// Source URL to LUN of the projections a report keeps or adds.
-fn luns_by_source(report: &Value) -> BTreeMap<String, u64> {
-    report["projections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["action"] != json!("remove"))
-        .map(|p| {
-            (
-                p["source"].as_str().unwrap().to_string(),
-                p["lun"].as_u64().unwrap(),
-            )
-        })
-        .collect()
 }
 
 #[test]

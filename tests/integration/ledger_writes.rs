@@ -4,10 +4,9 @@
 //! versioned bucket is named. Faults go through the recording proxy in front of the server.
 
 use crate::live::Live;
-use crate::util::sandbox::Sandbox;
+use crate::util::sandbox::{luns_by_source, Sandbox};
 use serde_json::{json, Value};
 use std::fs;
-use std::process::{Command, Stdio};
 
 const LEDGERS: &str = "/sbps-reconcile/luns/";
 
@@ -135,7 +134,7 @@ fn a_ledger_deleted_between_read_and_write_is_a_conflict_and_the_next_run_writes
     live.sandbox.run(&[]).expect(0);
     live.image("b", b"rootfs b\n");
     live.sandbox.stub("wait-restore", "all\n");
-    let first = spawn(&live.sandbox);
+    let first = live.sandbox.spawn(&["--output", "json"]);
     wait_for(&live.sandbox, "bin/restore-waiting");
     live.s3.delete(&ledger_key());
     live.sandbox.write("bin/restore-go", "");
@@ -167,23 +166,6 @@ fn wait_for(sandbox: &Sandbox, rel: &str) {
     panic!("{rel} never appeared");
 }
 
-/// The binary on `sandbox`, started now.
-fn spawn(sandbox: &Sandbox) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_sbps-reconcile"))
-        .arg("--policy")
-        .arg(sandbox.path("policy.yaml"))
-        .args(["--output", "json"])
-        .current_dir(sandbox.root())
-        .env_remove("JOURNAL_STREAM")
-        .env_remove("RUST_LOG")
-        .env("SBPS_JOURNAL_SOCKET", sandbox.path("run/journal.socket"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 fn finish(child: std::process::Child, who: &str) -> Value {
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -209,7 +191,10 @@ fn two_runs_racing_on_one_ledger_key_fifty_times_one_writes_each_time() {
         live.image(&id, content.as_bytes());
         other.write(&format!("mount/{id}/rootfs"), &content);
         live.s3.proxy.clear();
-        let children: Vec<_> = nodes.iter().map(|node| spawn(node)).collect();
+        let children: Vec<_> = nodes
+            .iter()
+            .map(|node| node.spawn(&["--output", "json"]))
+            .collect();
         let reports: Vec<Value> = children
             .into_iter()
             .zip(["first", "second"])
@@ -348,7 +333,7 @@ fn runs_killed_at_any_point_never_cost_a_lun_number() {
             let gone = listed.remove(next(listed.len() as u64) as usize);
             live.list(&gone, Some(json!({"sbps-project": "false"})));
         }
-        let mut child = spawn(&live.sandbox);
+        let mut child = live.sandbox.spawn(&["--output", "json"]);
         std::thread::sleep(std::time::Duration::from_millis(next(1000)));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
@@ -375,23 +360,7 @@ fn runs_killed_at_any_point_never_cost_a_lun_number() {
     fs::remove_file(live.sandbox.saveconfig()).unwrap();
     fs::remove_file(live.sandbox.path("bin/kernel.json")).unwrap();
     let after = live.sandbox.run(&["--output", "json"]).expect(0).json();
-    let numbers = |report: &Value| -> Vec<(String, u64)> {
-        let mut found: Vec<(String, u64)> = report["projections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["action"] != json!("remove"))
-            .map(|p| {
-                (
-                    p["image_id"].as_str().unwrap_or_default().to_string(),
-                    p["lun"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        found.sort();
-        found
-    };
-    assert_eq!(numbers(&after), numbers(&before), "{after:#}");
+    assert_eq!(luns_by_source(&after), luns_by_source(&before), "{after:#}");
 }
 
 /// A rolling upgrade: ledgers written by a newer version (a new field, a new entry kind, a

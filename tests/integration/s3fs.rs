@@ -6,7 +6,7 @@
 
 use crate::live::Live;
 use crate::util::http::Request;
-use crate::util::sandbox::Sandbox;
+use crate::util::sandbox::{luns_by_source, Sandbox};
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -127,24 +127,6 @@ fn lun_of(report: &Value, source_end: &str, action: &str) -> Option<u64> {
     })
 }
 
-/// Every projection's (source, LUN).
-fn numbers(report: &Value) -> Vec<(String, u64)> {
-    let mut found: Vec<(String, u64)> = report["projections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["action"] != json!("remove"))
-        .map(|p| {
-            (
-                p["source"].as_str().unwrap().to_string(),
-                p["lun"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    found.sort();
-    found
-}
-
 /// The saveconfig.json and the stand-in's calls, to show nothing was touched.
 fn untouched(sandbox: &Sandbox) -> (Option<String>, usize) {
     (
@@ -206,14 +188,14 @@ fn the_full_cycle_through_an_s3fs_mount_of_rgw() {
         "{report:#}"
     );
     assert_eq!(report["summary"]["remove"], json!(1));
-    let before_rebuild = numbers(&report);
+    let before_rebuild = luns_by_source(&report);
 
     // The worker is rebuilt: saveconfig.json and the running target are gone; the ledger
     // in RGW gives every number back.
     fs::remove_file(sandbox.saveconfig()).unwrap();
     fs::remove_file(sandbox.path("bin/kernel.json")).unwrap();
     let report = sandbox.run(&["--output", "json"]).expect(0).json();
-    assert_eq!(numbers(&report), before_rebuild, "{report:#}");
+    assert_eq!(luns_by_source(&report), before_rebuild, "{report:#}");
     assert_eq!(report["ledger"]["outcome"], json!("unchanged"));
 }
 
@@ -317,17 +299,7 @@ fn s3fs_killed_during_a_run_stops_it_before_anything_is_touched() {
     let before = untouched(&live.sandbox);
     // The run waits in its IMS request while s3fs dies: it reads the mount after IMS.
     live.hold_ims(Duration::from_secs(2));
-    let child = Command::new(env!("CARGO_BIN_EXE_sbps-reconcile"))
-        .arg("--policy")
-        .arg(live.sandbox.path("policy.yaml"))
-        .args(["--output", "json"])
-        .env_remove("JOURNAL_STREAM")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = live.sandbox.spawn(&["--output", "json"]);
     for _ in 0..100 {
         if live.ims.requests().len() >= 2 {
             break;

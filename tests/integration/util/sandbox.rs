@@ -265,6 +265,25 @@ impl Sandbox {
         command
     }
 
+    /// Starts the binary with `--policy <sandbox policy>` and `args`, as [`Sandbox::command`]
+    /// sets it up, without waiting for it (stdout and stderr piped).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sbps-reconcile"))
+            .arg("--policy")
+            .arg(self.path("policy.yaml"))
+            .args(args)
+            .current_dir(self.root())
+            .env_remove("SBPS_RECONCILE_POLICY")
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .env("SBPS_JOURNAL_SOCKET", self.path("run/journal.socket"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start sbps-reconcile")
+    }
+
     /// Runs the binary with `--policy <sandbox policy>` and `args`.
     pub fn run(&self, args: &[&str]) -> Run {
         self.run_command(self.command().args(args))
@@ -308,6 +327,22 @@ pub fn skip_codes(report: &Value) -> std::collections::BTreeMap<String, String> 
             (
                 who.to_string(),
                 s["reason_code"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Source URL to LUN of the projections a report keeps or adds.
+pub fn luns_by_source(report: &Value) -> std::collections::BTreeMap<String, u64> {
+    report["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["action"] != json!("remove"))
+        .map(|p| {
+            (
+                p["source"].as_str().unwrap().to_string(),
+                p["lun"].as_u64().unwrap(),
             )
         })
         .collect()
