@@ -29,6 +29,11 @@ pub struct Ledger {
     pub target: String,
     /// The highest LUN index ever handed out on this target.
     pub high_water: Option<u32>,
+    /// The version of the tool that last wrote it.
+    pub tool_version: Option<String>,
+    /// Unix time of the last run that wrote it (a run writes it when it changed, and at
+    /// least every `verify_interval` as a heartbeat: a worker whose timer stopped shows).
+    pub last_run: Option<u64>,
     /// By identity (storage object name). Entries are shared between copies until one is
     /// changed: the planner works on a copy, and at 5,500 entries a deep one was 3 MB.
     pub entries: BTreeMap<String, Arc<Entry>>,
@@ -85,6 +90,12 @@ impl Serialize for Ledger {
         map.serialize_entry("schema_version", &self.schema_version)?;
         map.serialize_entry("target", &self.target)?;
         map.serialize_entry("high_water", &self.high_water)?;
+        if let Some(version) = &self.tool_version {
+            map.serialize_entry("tool_version", version)?;
+        }
+        if let Some(at) = self.last_run {
+            map.serialize_entry("last_run", &at)?;
+        }
         map.serialize_entry("entries", &AllEntries(self))?;
         for (key, value) in &self.extra {
             map.serialize_entry(key, value)?;
@@ -144,6 +155,10 @@ struct KnownLedger {
     #[serde(default)]
     high_water: Option<u32>,
     #[serde(default)]
+    tool_version: Option<String>,
+    #[serde(default)]
+    last_run: Option<u64>,
+    #[serde(default)]
     entries: BTreeMap<String, Arc<Entry>>,
 }
 
@@ -154,6 +169,10 @@ struct RawLedger {
     target: String,
     #[serde(default)]
     high_water: Option<u32>,
+    #[serde(default)]
+    tool_version: Option<String>,
+    #[serde(default)]
+    last_run: Option<u64>,
     #[serde(default)]
     entries: BTreeMap<String, Box<serde_json::value::RawValue>>,
     #[serde(flatten)]
@@ -169,6 +188,8 @@ impl Ledger {
                 schema_version: known.schema_version,
                 target: known.target,
                 high_water: known.high_water,
+                tool_version: known.tool_version,
+                last_run: known.last_run,
                 entries: known.entries,
                 ..Ledger::default()
             });
@@ -208,6 +229,8 @@ impl Ledger {
             schema_version: raw.schema_version,
             target: raw.target,
             high_water: raw.high_water,
+            tool_version: raw.tool_version,
+            last_run: raw.last_run,
             entries,
             foreign,
             extra: raw.extra,
@@ -269,6 +292,20 @@ impl Ledger {
                 self.schema_version
             )
         })
+    }
+
+    /// Whether a run should write the ledger even though it holds the same numbers: its last
+    /// write is `every` or longer ago (or unknown), so that the fleet sees this target alive.
+    pub fn heartbeat_due(&self, now: u64, every: u64) -> bool {
+        self.last_run
+            .is_none_or(|at| now.saturating_sub(at) >= every)
+    }
+
+    /// The ledger as this run writes it: with this tool's version and the run's time.
+    pub fn stamped(mut self, now: u64) -> Ledger {
+        self.tool_version = Some(env!("CARGO_PKG_VERSION").to_string());
+        self.last_run = Some(now);
+        self
     }
 
     /// The indices of entries this version does not understand, where they name one.
@@ -613,6 +650,27 @@ mod tests {
         assert_eq!(after["written_by"], before["written_by"]);
         assert_eq!(after["schema_minor"], before["schema_minor"]);
         assert_eq!(after["entries"]["aaa"]["checksum"], "sha256:00ff");
+    }
+
+    #[test]
+    fn the_heartbeat_is_due_once_the_last_write_is_old_enough() {
+        let ledger = Ledger::empty("iqn.x:a");
+        assert!(
+            ledger.heartbeat_due(1000, 3600),
+            "never written by a version that stamps"
+        );
+        let stamped = ledger.stamped(1000);
+        assert_eq!(
+            stamped.tool_version.as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert!(!stamped.heartbeat_due(1000 + 3599, 3600));
+        assert!(stamped.heartbeat_due(1000 + 3600, 3600));
+        // A clock that went back is not a reason to write.
+        assert!(!stamped.heartbeat_due(10, 3600));
+        // Round trip.
+        let again = Ledger::parse(&stamped.to_json(), "iqn.x:a").unwrap();
+        assert_eq!(again, stamped);
     }
 
     #[test]

@@ -199,7 +199,7 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
             failures.clear();
             // The target is as planned: the ledger may still have news (a grace that
             // started, a configuration adopted).
-            write_ledger(&sources, ledger.as_ref(), &plan, record);
+            write_ledger(&policy, &sources, ledger.as_ref(), &plan, record);
         }
         log_summary(&plan, false, cli.dry_run);
         return Ok(Exit::Success);
@@ -227,7 +227,7 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
         let plan = inputs.plan(current, running_now.as_ref());
         let plan = report_plan(&inputs, current, running_now.as_ref(), plan, cli, record)?;
         if !plan.needs_apply() {
-            write_ledger(&sources, ledger.as_ref(), &plan, record);
+            write_ledger(&policy, &sources, ledger.as_ref(), &plan, record);
             log_summary(&plan, false, false);
             return Ok(Exit::Success);
         }
@@ -316,7 +316,7 @@ fn reconcile(cli: &Cli, record: &mut RunRecord) -> Result<Exit, Error> {
     }
     record.report.backup = applied.backup.map(|p| p.display().to_string());
     // Only now does the target hold the plan's numbers.
-    write_ledger(&sources, ledger.as_ref(), &plan, record);
+    write_ledger(&policy, &sources, ledger.as_ref(), &plan, record);
     let diff_file = keep_diff(&policy, &stamp, &record.report);
     log_summary_with(&plan, true, false, diff_file.as_deref());
     Ok(changed_exit(cli))
@@ -430,6 +430,7 @@ fn ledger_report(read: &LedgerRead) -> LedgerReport {
 /// run: the target is already as planned, and a ledger that missed this run's news gets it
 /// from the next run (which adopts what is in place).
 fn write_ledger(
+    policy: &Policy,
     sources: &sources::Sources,
     read: Option<&LedgerRead>,
     plan: &Plan,
@@ -438,7 +439,15 @@ fn write_ledger(
     let (Some(store), Some(read), Some(next)) = (&sources.ledger, read, &plan.ledger) else {
         return;
     };
-    let outcome = if read.found && *next == read.ledger {
+    let now = now_unix();
+    // The heartbeat: a ledger that says the same is still written every verify_interval, so
+    // that `fleet` tells a live worker from one whose timer stopped.
+    let every = policy
+        .catalogue
+        .s3
+        .as_ref()
+        .map_or(3600, |s3| s3.verify_interval.as_secs().max(60));
+    let outcome = if read.found && *next == read.ledger && !read.ledger.heartbeat_due(now, every) {
         LedgerOutcome::Unchanged
     } else if let Some(why) = &read.read_only {
         log::warn!("LUN ledger {} not written: {why}", read.place);
@@ -453,6 +462,7 @@ fn write_ledger(
         if let Some(report) = &mut record.report.ledger {
             report.bucket_versioning = versioning;
         }
+        let next = next.clone().stamped(now);
         match store.write(&next.to_json(), &read.version) {
             Ok(Written::Written) => {
                 log::info!("LUN ledger {} written", read.place);

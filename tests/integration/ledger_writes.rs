@@ -443,3 +443,38 @@ fn ledgers_written_by_a_newer_version_are_read_numbered_around_and_kept() {
         "rewritten"
     );
 }
+
+/// The heartbeat: a ledger records the tool version and its last run, and a run writes it
+/// again when its last write is `verify_interval` old, even with nothing to change; a no-op
+/// between those times sends no PUT.
+#[test]
+fn a_ledger_is_written_again_as_a_heartbeat_and_not_in_between() {
+    let Some(live) = Live::new(1000) else { return };
+    live.image("a", b"rootfs a\n");
+    live.sandbox.run(&[]).expect(0);
+    let ledger: Value = serde_json::from_slice(&live.s3.get(&ledger_key()).unwrap()).unwrap();
+    assert_eq!(ledger["tool_version"], json!(env!("CARGO_PKG_VERSION")));
+    let last_run = ledger["last_run"].as_u64().expect("last_run");
+
+    // Nothing to change, well within verify_interval: no PUT.
+    live.s3.proxy.clear();
+    let report = live.sandbox.run(&["--output", "json"]).expect(0).json();
+    assert_eq!(report["ledger"]["outcome"], json!("unchanged"));
+    assert!(ledger_puts(&live).is_empty());
+
+    // Its last write two hours ago (the default verify_interval is one hour): written again,
+    // with nothing else changed.
+    let mut old = ledger.clone();
+    old["last_run"] = json!(last_run - 7200);
+    live.s3
+        .put(&ledger_key(), &serde_json::to_vec_pretty(&old).unwrap());
+    fs::remove_file(live.sandbox.path("cache/s3-cache.json")).unwrap();
+    live.s3.proxy.clear();
+    let report = live.sandbox.run(&["--output", "json"]).expect(0).json();
+    assert_eq!(report["changed"], json!(false));
+    assert_eq!(report["ledger"]["outcome"], json!("written"), "{report:#}");
+    assert_eq!(ledger_puts(&live).len(), 1);
+    let now: Value = serde_json::from_slice(&live.s3.get(&ledger_key()).unwrap()).unwrap();
+    assert!(now["last_run"].as_u64().unwrap() >= last_run);
+    assert_eq!(now["entries"], ledger["entries"]);
+}
