@@ -78,6 +78,13 @@ pub enum Command {
         #[arg(value_name = "IMAGE")]
         image: String,
     },
+    /// Show the whole fleet from any node that can read the bucket: every target's LUN
+    /// ledger under the prefix, as a matrix of images by targets with each LUN number, rows
+    /// marked where targets disagree (not served everywhere, different numbers, tagged in
+    /// IMS and served by none), and each target's last run and version, stale ones flagged.
+    /// Exits 0 when all agree, 2 on any disagreement, 1 when a ledger or IMS could not be
+    /// read (the rest is still shown). Reads only.
+    Fleet,
     /// Print a shell completion script (bash or zsh) on stdout.
     Completions {
         #[arg(value_enum)]
@@ -120,9 +127,11 @@ impl Cli {
     pub fn check(cli: Cli) -> Result<Cli, clap::Error> {
         use clap::CommandFactory;
         if let Some(command) = &cli.command {
+            // `fleet` always exits as --detailed-exitcode would; saying so is no conflict.
+            let fleet = matches!(command, Command::Fleet);
             let run_only = [
                 (cli.dry_run, "--dry-run"),
-                (cli.detailed_exitcode, "--detailed-exitcode"),
+                (cli.detailed_exitcode && !fleet, "--detailed-exitcode"),
                 (cli.allow_removals, "--allow-removals"),
                 (cli.retry_now, "--retry-now"),
                 (cli.metrics_file.is_some(), "--metrics-file"),
@@ -131,6 +140,7 @@ impl Cli {
                 let name = match command {
                     Command::Status => "status",
                     Command::Explain { .. } => "explain",
+                    Command::Fleet => "fleet",
                     Command::Completions { .. } => "completions",
                     Command::Man => "man",
                 };

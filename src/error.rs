@@ -378,6 +378,11 @@ pub enum SourceError {
     #[error("this build has no live sources (IMS url, S3); rebuild with the `live` feature")]
     NoLiveSources,
     #[error(
+        "the policy keeps no LUN ledger (catalogue.s3.ledger_prefix, lio.ledger_file): there \
+         is no fleet to read"
+    )]
+    NoLedger,
+    #[error(
         "cannot read the LUN ledger {place}; nothing touched (numbering without it could \
          give an initiator's LUN to another image)"
     )]

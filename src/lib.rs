@@ -14,6 +14,7 @@ pub mod describe;
 pub mod diff;
 pub mod error;
 pub mod explain;
+pub mod fleet;
 pub mod fsio;
 pub mod identity;
 pub mod image;

@@ -98,6 +98,16 @@ journalctl \-u sbps\-reconcile \-p warning
 .fi
 .RE
 .PP
+Before draining or rebuilding a worker: who else serves what it serves, at which LUN? Exit 2 means the targets disagree (the marked rows say where); rebuild, run once, and ask again:
+.PP
+.RS
+.nf
+sbps\-reconcile fleet
+systemctl start sbps\-reconcile.service     # on the rebuilt worker
+sbps\-reconcile fleet \-\-output json | jq '.images[] | select(.marks != [])'
+.fi
+.RE
+.PP
 Why does a node not find its root disk?
 .PP
 .RS

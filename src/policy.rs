@@ -87,6 +87,17 @@ pub struct PolicyFile {
     pub safety: SafetySection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub fleet: FleetSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// `fleet` warns about a target whose ledger has not been written for longer than this
+    /// (its timer stopped, or the worker is gone): seconds, or a number with a unit. Default:
+    /// `catalogue.s3.verify_interval` (the heartbeat) plus three timer periods (9 minutes).
+    pub stale_after: Option<DurationText>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -595,6 +606,8 @@ pub struct Policy {
     pub metrics_file: Option<PathBuf>,
     /// Where the target's LUN ledger is kept; `None` for no ledger.
     pub ledger: Option<LedgerPlace>,
+    /// How long a target's ledger may go unwritten before `fleet` calls it stale.
+    pub fleet_stale_after: Duration,
 }
 
 /// Where a target's LUN ledger is kept.
@@ -866,6 +879,18 @@ impl Policy {
         let catalogue = check_catalogue(file.catalogue).map_err(|e| format!("catalogue: {e}"))?;
         let ledger = check_ledger(&lio, &catalogue, &target.iqn, ledger_prefix)?;
         let safety = check_safety(file.safety).map_err(|e| format!("safety: {e}"))?;
+        let heartbeat = catalogue
+            .s3
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |s3| s3.verify_interval);
+        let fleet_stale_after = match &file.fleet.stale_after {
+            Some(text) => text
+                .seconds("stale_after")
+                .map_err(|e| format!("fleet: {e}"))?,
+            // The ledger is written at least every verify_interval; the timer fires every 3
+            // minutes: three missed runs past the heartbeat.
+            None => heartbeat + Duration::from_secs(9 * 60),
+        };
         if !safety.removal_grace.is_zero() && ledger.is_none() {
             return Err(
                 "safety.removal_grace needs a LUN ledger, to know since when an image \
@@ -881,6 +906,7 @@ impl Policy {
                 safety,
                 metrics_file: check_metrics(file.metrics).map_err(|e| format!("metrics: {e}"))?,
                 ledger,
+                fleet_stale_after,
             },
             warnings,
         ))

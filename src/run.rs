@@ -20,7 +20,7 @@ use crate::report::{LedgerOutcome, LedgerReport, Report};
 use crate::skip::ReasonCode;
 use crate::snapshot::Snapshot;
 use crate::sources::ledger_store::{self, LedgerRead, Written};
-use crate::{explain, man, safety, sources, status};
+use crate::{explain, fleet, man, safety, sources, status};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -31,6 +31,7 @@ pub fn execute(cli: &Cli) -> Exit {
         None => reconcile_command(cli),
         Some(Command::Status) => status_command(cli),
         Some(Command::Explain { image }) => explain_command(cli, image),
+        Some(Command::Fleet) => fleet_command(cli),
         Some(Command::Completions { shell }) => write_stdout(&man::completions(*shell)),
         Some(Command::Man) => write_stdout(&man::page()),
     }
@@ -744,6 +745,84 @@ fn status_command(cli: &Cli) -> Exit {
                 Output::Text => status.to_text(),
             };
             write_stdout(&text)
+        }
+        Err(error) => fail_command(cli, &error),
+    }
+}
+
+/// `fleet`: every target's ledger under the prefix, as one view (see [`crate::fleet`]).
+fn fleet_command(cli: &Cli) -> Exit {
+    let result = (|| {
+        let policy = load_policy(cli)?;
+        let deadline = Deadline::after(policy.safety.run_deadline);
+        let sources = sources::open(&policy, deadline)?;
+        let store = sources.ledger.as_ref().ok_or(SourceError::NoLedger)?;
+        let listed = store.everyone().map_err(|source| SourceError::LedgerRead {
+            place: store.place(),
+            source,
+        })?;
+        let ledgers = listed
+            .into_iter()
+            .map(|read| fleet::ReadLedger {
+                ledger: read.bytes.and_then(|bytes| {
+                    crate::ledger::Ledger::parse(&bytes, &read.target).map_err(|e| e.to_string())
+                }),
+                target: read.target,
+                place: read.place,
+            })
+            .collect();
+        // The images IMS tags, to find one that no target serves.
+        let mut ims_failed = false;
+        let tagged = match policy.catalogue.ims {
+            None => None,
+            Some(_) => match sources.images.records() {
+                Ok(records) => Some(
+                    records
+                        .iter()
+                        .filter_map(|entry| match entry {
+                            crate::image::ImageEntry::Valid(record) => Some(record),
+                            crate::image::ImageEntry::Invalid { .. } => None,
+                        })
+                        .filter(|record| policy.catalogue.select.check(record).is_ok())
+                        .map(crate::plan::ImageRef::of)
+                        .collect(),
+                ),
+                Err(e) => {
+                    log::warn!("{}", crate::error::chain(&e));
+                    ims_failed = true;
+                    None
+                }
+            },
+        };
+        let context = fleet::Context {
+            now: now_unix(),
+            stale_after: policy.fleet_stale_after.as_secs(),
+            removal_grace: policy.safety.removal_grace.as_secs(),
+            tagged,
+        };
+        Ok::<_, Error>((fleet::view(ledgers, &context), ims_failed))
+    })();
+    match result {
+        Ok((view, ims_failed)) => {
+            for target in view.targets.iter().filter(|t| t.error.is_some()) {
+                log::warn!(
+                    "the LUN ledger {} cannot be used: {}",
+                    crate::describe::printable(&target.place),
+                    crate::describe::printable(target.error.as_deref().unwrap_or_default())
+                );
+            }
+            let text = match cli.output {
+                Output::Json => json(&view),
+                Output::Text => view.to_text(),
+            };
+            write_stdout(&text);
+            if view.incomplete() || ims_failed {
+                Exit::Failure
+            } else if view.agree {
+                Exit::Success
+            } else {
+                Exit::Changed
+            }
         }
         Err(error) => fail_command(cli, &error),
     }

@@ -47,6 +47,9 @@ pub trait LedgerStore {
     }
     /// The other targets' ledgers.
     fn fleet(&self) -> Vec<FleetLedger>;
+    /// Every target's ledger under the prefix, this one's too (`fleet`). `Err`: the prefix
+    /// could not be listed.
+    fn everyone(&self) -> Result<Vec<FleetLedger>, BoxError>;
     /// Whether the store keeps versions of the ledger (`"enabled"`, `"suspended"`): in a
     /// versioned bucket Ceph RGW before 20 checks a conditional write against the wrong
     /// version (Ceph tracker 68183). `None`: it does not, or cannot tell.
@@ -84,6 +87,23 @@ impl LedgerStore for FileLedger {
 
     fn fleet(&self) -> Vec<FleetLedger> {
         Vec::new()
+    }
+
+    /// Offline, the fleet is this target alone.
+    fn everyone(&self) -> Result<Vec<FleetLedger>, BoxError> {
+        let stored = self.read()?;
+        Ok(stored
+            .bytes
+            .map(|bytes| FleetLedger {
+                place: self.place(),
+                target: serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v.get("target")?.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                bytes: Ok(bytes),
+            })
+            .into_iter()
+            .collect())
     }
 
     fn write(&self, bytes: &[u8], version: &Version) -> Result<Written, BoxError> {
@@ -155,35 +175,21 @@ impl LedgerStore for BucketLedger {
     }
 
     fn fleet(&self) -> Vec<FleetLedger> {
-        let listed = match self.store.ledgers(&self.prefix) {
-            Ok(listed) => listed,
+        match self.store.ledgers(&self.prefix) {
+            Ok(listed) => self.read_listed(&listed, false),
             Err(e) => {
                 log::warn!(
                     "cannot list the fleet's LUN ledgers: {}",
                     crate::error::chain(&e)
                 );
-                return Vec::new();
+                Vec::new()
             }
-        };
-        listed
-            .iter()
-            .filter(|(key, _)| **key != self.key)
-            .filter_map(|(key, object)| {
-                let target = key.strip_prefix(&self.prefix)?.strip_suffix(".json")?;
-                // Only the prefix's own level: a folder below it is not a ledger.
-                (!target.contains('/')).then(|| (target.to_string(), key, object))
-            })
-            .take(MAX_FLEET_LEDGERS)
-            .map(|(target, key, object)| FleetLedger {
-                place: format!("s3://{}/{key}", self.bucket),
-                bytes: match self.store.ledger(key, object, MAX_LEDGER_BYTES) {
-                    Ok(Some((bytes, _))) => Ok(bytes),
-                    Ok(None) => Err("it is gone".to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-                target,
-            })
-            .collect()
+        }
+    }
+
+    fn everyone(&self) -> Result<Vec<FleetLedger>, BoxError> {
+        let listed = self.store.ledgers(&self.prefix)?;
+        Ok(self.read_listed(&listed, true))
     }
 
     fn versioning(&self) -> Option<&'static str> {
@@ -203,6 +209,36 @@ impl LedgerStore for BucketLedger {
     fn write(&self, bytes: &[u8], version: &Version) -> Result<Written, BoxError> {
         self.store
             .put_if(&self.key, bytes, version, MAX_LEDGER_BYTES)
+    }
+}
+
+#[cfg(feature = "live")]
+impl BucketLedger {
+    /// The ledgers listed under the prefix (at its own level), this target's when `own`.
+    fn read_listed(
+        &self,
+        listed: &BTreeMap<String, crate::snapshot::ObjectInfo>,
+        own: bool,
+    ) -> Vec<FleetLedger> {
+        listed
+            .iter()
+            .filter(|(key, _)| own || **key != self.key)
+            .filter_map(|(key, object)| {
+                let target = key.strip_prefix(&self.prefix)?.strip_suffix(".json")?;
+                // Only the prefix's own level: a folder below it is not a ledger.
+                (!target.contains('/')).then(|| (target.to_string(), key, object))
+            })
+            .take(MAX_FLEET_LEDGERS)
+            .map(|(target, key, object)| FleetLedger {
+                place: format!("s3://{}/{key}", self.bucket),
+                bytes: match self.store.ledger(key, object, MAX_LEDGER_BYTES) {
+                    Ok(Some((bytes, _))) => Ok(bytes),
+                    Ok(None) => Err("it is gone".to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                target,
+            })
+            .collect()
     }
 }
 

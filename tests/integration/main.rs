@@ -2,6 +2,8 @@
 
 mod cli;
 mod examples;
+#[cfg(feature = "live")]
+mod fleet;
 mod golden;
 mod hostile;
 mod inplace;

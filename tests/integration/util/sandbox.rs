@@ -267,6 +267,7 @@ impl Sandbox {
 
     /// Starts the binary with `--policy <sandbox policy>` and `args`, as [`Sandbox::command`]
     /// sets it up, without waiting for it (stdout and stderr piped).
+    #[cfg(feature = "live")]
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         std::process::Command::new(env!("CARGO_BIN_EXE_sbps-reconcile"))
             .arg("--policy")
