@@ -392,10 +392,9 @@ fn ledgers_written_by_a_newer_version_are_read_numbered_around_and_kept() {
                              "first_projected": 1, "checksum": "sha256:00"},
             "eee0000000000000": {"lun": 3, "kind": "volume", "source": "s3://x/vol/2",
                                  "first_projected": 1}}});
-    live.s3.put(
-        "sbps-reconcile/luns/iqn.2023-06.csm.iscsi:ncn-w002.json",
-        &serde_json::to_vec_pretty(&theirs).unwrap(),
-    );
+    let theirs_key = "sbps-reconcile/luns/iqn.2023-06.csm.iscsi:ncn-w002.json";
+    let theirs_bytes = serde_json::to_vec_pretty(&theirs).unwrap();
+    live.s3.put(theirs_key, &theirs_bytes);
     let run = live.sandbox.run(&["--output", "json"]).expect(0);
     let report = run.json();
     assert_eq!(
@@ -418,6 +417,8 @@ fn ledgers_written_by_a_newer_version_are_read_numbered_around_and_kept() {
     assert_eq!(written["written_by"], mine["written_by"]);
     assert_eq!(written["schema_minor"], mine["schema_minor"]);
     assert_eq!(written["entries"][&name_a]["lun"], json!(5));
+    // The newer ledger beside it is read, never written: byte for byte as it was.
+    assert_eq!(live.s3.get(theirs_key).unwrap(), theirs_bytes);
 
     // A newer major version: the run goes on with the numbers it holds, and leaves it as it is.
     let mut major = written.clone();
