@@ -9,6 +9,7 @@ use crate::plan::{ImageRef, Kind};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// Bumped when a field of the JSON document changes meaning.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -76,7 +77,7 @@ pub struct FleetImage {
     pub image_ids: Vec<String>,
     pub source: Option<String>,
     /// By target IQN: the LUN it serves the image at; absent where it does not.
-    pub luns: BTreeMap<String, FleetLun>,
+    pub luns: BTreeMap<Arc<str>, FleetLun>,
     pub marks: Vec<Mark>,
 }
 
@@ -99,16 +100,40 @@ named_enum! {
     }
 }
 
-/// The view of the fleet.
+/// The view of the fleet, from every ledger at once.
 pub fn view(ledgers: Vec<ReadLedger>, context: &Context) -> Fleet {
-    let mut targets = Vec::new();
-    let mut rows: BTreeMap<String, FleetImage> = BTreeMap::new();
-    let mut readable = BTreeSet::new();
+    let mut builder = Builder::new(context);
     for read in ledgers {
+        builder.add(read);
+    }
+    builder.finish()
+}
+
+/// The view built one ledger at a time: each is folded in and let go, so that 50 ledgers of
+/// 5,000 LUNs are never all held at once.
+pub struct Builder<'a> {
+    context: &'a Context,
+    targets: Vec<FleetTarget>,
+    rows: BTreeMap<String, FleetImage>,
+    /// Targets whose ledger could be used.
+    readable: usize,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(context: &'a Context) -> Builder<'a> {
+        Builder {
+            context,
+            targets: Vec::new(),
+            rows: BTreeMap::new(),
+            readable: 0,
+        }
+    }
+
+    pub fn add(&mut self, read: ReadLedger) {
         let ledger = match read.ledger {
             Ok(ledger) => ledger,
             Err(error) => {
-                targets.push(FleetTarget {
+                self.targets.push(FleetTarget {
                     target: read.target,
                     place: read.place,
                     tool_version: None,
@@ -118,87 +143,94 @@ pub fn view(ledgers: Vec<ReadLedger>, context: &Context) -> Fleet {
                     error: Some(error),
                     unknown_entries: 0,
                 });
-                continue;
+                return;
             }
         };
-        let live: Vec<(&String, &Entry)> = ledger
-            .entries
-            .iter()
-            .filter(|(_, e)| e.is_live())
-            .map(|(name, e)| (name, e.as_ref()))
-            .collect();
-        for (name, entry) in &live {
-            let row = rows
-                .entry((*name).clone())
+        let target: Arc<str> = Arc::from(ledger.target.as_str());
+        let mut luns = 0;
+        for (name, entry) in ledger.entries.iter().filter(|(_, e)| e.is_live()) {
+            luns += 1;
+            let row = self
+                .rows
+                .entry(name.clone())
                 .or_insert_with(|| row_of(name, entry));
             row.luns.insert(
-                ledger.target.clone(),
+                target.clone(),
                 FleetLun {
                     lun: entry.lun,
                     pending_removal_until: entry
                         .unwanted_since
-                        .map(|since| since.saturating_add(context.removal_grace)),
+                        .map(|since| since.saturating_add(self.context.removal_grace)),
                 },
             );
         }
-        readable.insert(ledger.target.clone());
-        targets.push(FleetTarget {
+        self.readable += 1;
+        self.targets.push(FleetTarget {
             stale: ledger
                 .last_run
-                .is_none_or(|at| context.now.saturating_sub(at) > context.stale_after),
+                .is_none_or(|at| self.context.now.saturating_sub(at) > self.context.stale_after),
             target: ledger.target,
             place: read.place,
             tool_version: ledger.tool_version,
             last_run: ledger.last_run,
-            luns: live.len(),
+            luns,
             error: None,
             unknown_entries: ledger.foreign.len(),
         });
     }
-    for row in rows.values_mut() {
-        if row.luns.len() < readable.len() {
-            row.marks.push(Mark::NotEverywhere);
+
+    pub fn finish(self) -> Fleet {
+        let Builder {
+            context,
+            mut targets,
+            mut rows,
+            readable,
+        } = self;
+        for row in rows.values_mut() {
+            if row.luns.len() < readable {
+                row.marks.push(Mark::NotEverywhere);
+            }
+            let numbers: BTreeSet<u32> = row.luns.values().map(|l| l.lun).collect();
+            if numbers.len() > 1 {
+                row.marks.push(Mark::NumbersDiffer);
+            }
         }
-        let numbers: BTreeSet<u32> = row.luns.values().map(|l| l.lun).collect();
-        if numbers.len() > 1 {
-            row.marks.push(Mark::NumbersDiffer);
+        let served_ids: BTreeSet<&str> = rows
+            .values()
+            .flat_map(|r| r.image_ids.iter().map(String::as_str))
+            .collect();
+        let mut unserved: Vec<FleetImage> = context
+            .tagged
+            .iter()
+            .flatten()
+            .filter(|image| {
+                image
+                    .id
+                    .as_deref()
+                    .is_some_and(|id| !served_ids.contains(id))
+            })
+            .map(|image| FleetImage {
+                identity: None,
+                kind: Some(Kind::Rootfs),
+                name: image.name.clone().unwrap_or_default(),
+                image_ids: image.id.iter().cloned().collect(),
+                source: None,
+                luns: BTreeMap::new(),
+                marks: vec![Mark::TaggedNotServed],
+            })
+            .collect();
+        targets.sort_by(|a, b| a.target.cmp(&b.target));
+        let mut images: Vec<FleetImage> = rows.into_values().collect();
+        images.sort_by(|a, b| (&a.name, &a.identity).cmp(&(&b.name, &b.identity)));
+        images.append(&mut unserved);
+        let agree = images.iter().all(|i| i.marks.is_empty());
+        Fleet {
+            schema_version: SCHEMA_VERSION,
+            now: context.now,
+            targets,
+            images,
+            agree,
         }
-    }
-    let served_ids: BTreeSet<&str> = rows
-        .values()
-        .flat_map(|r| r.image_ids.iter().map(String::as_str))
-        .collect();
-    let mut unserved: Vec<FleetImage> = context
-        .tagged
-        .iter()
-        .flatten()
-        .filter(|image| {
-            image
-                .id
-                .as_deref()
-                .is_some_and(|id| !served_ids.contains(id))
-        })
-        .map(|image| FleetImage {
-            identity: None,
-            kind: Some(Kind::Rootfs),
-            name: image.name.clone().unwrap_or_default(),
-            image_ids: image.id.iter().cloned().collect(),
-            source: None,
-            luns: BTreeMap::new(),
-            marks: vec![Mark::TaggedNotServed],
-        })
-        .collect();
-    targets.sort_by(|a, b| a.target.cmp(&b.target));
-    let mut images: Vec<FleetImage> = rows.into_values().collect();
-    images.sort_by(|a, b| (&a.name, &a.identity).cmp(&(&b.name, &b.identity)));
-    images.append(&mut unserved);
-    let agree = images.iter().all(|i| i.marks.is_empty());
-    Fleet {
-        schema_version: SCHEMA_VERSION,
-        now: context.now,
-        targets,
-        images,
-        agree,
     }
 }
 
@@ -370,7 +402,6 @@ fn shorten(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn entry(lun: u32, id: &str) -> Arc<Entry> {
         Arc::new(Entry {

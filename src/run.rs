@@ -757,20 +757,6 @@ fn fleet_command(cli: &Cli) -> Exit {
         let deadline = Deadline::after(policy.safety.run_deadline);
         let sources = sources::open(&policy, deadline)?;
         let store = sources.ledger.as_ref().ok_or(SourceError::NoLedger)?;
-        let listed = store.everyone().map_err(|source| SourceError::LedgerRead {
-            place: store.place(),
-            source,
-        })?;
-        let ledgers = listed
-            .into_iter()
-            .map(|read| fleet::ReadLedger {
-                ledger: read.bytes.and_then(|bytes| {
-                    crate::ledger::Ledger::parse(&bytes, &read.target).map_err(|e| e.to_string())
-                }),
-                target: read.target,
-                place: read.place,
-            })
-            .collect();
         // The images IMS tags, to find one that no target serves.
         let mut ims_failed = false;
         let tagged = match policy.catalogue.ims {
@@ -800,7 +786,24 @@ fn fleet_command(cli: &Cli) -> Exit {
             removal_grace: policy.safety.removal_grace.as_secs(),
             tagged,
         };
-        Ok::<_, Error>((fleet::view(ledgers, &context), ims_failed))
+        // Each ledger is parsed and folded into the view as it arrives, then let go.
+        let mut builder = fleet::Builder::new(&context);
+        store
+            .everyone(&mut |read| {
+                builder.add(fleet::ReadLedger {
+                    ledger: read.bytes.and_then(|bytes| {
+                        crate::ledger::Ledger::parse(&bytes, &read.target)
+                            .map_err(|e| e.to_string())
+                    }),
+                    target: read.target,
+                    place: read.place,
+                })
+            })
+            .map_err(|source| SourceError::LedgerRead {
+                place: store.place(),
+                source,
+            })?;
+        Ok::<_, Error>((builder.finish(), ims_failed))
     })();
     match result {
         Ok((view, ims_failed)) => {

@@ -47,9 +47,9 @@ pub trait LedgerStore {
     }
     /// The other targets' ledgers.
     fn fleet(&self) -> Vec<FleetLedger>;
-    /// Every target's ledger under the prefix, this one's too (`fleet`). `Err`: the prefix
-    /// could not be listed.
-    fn everyone(&self) -> Result<Vec<FleetLedger>, BoxError>;
+    /// Every target's ledger under the prefix, this one's too (`fleet`), handed to `each` one
+    /// at a time as it is read. `Err`: the prefix could not be listed.
+    fn everyone(&self, each: &mut dyn FnMut(FleetLedger)) -> Result<(), BoxError>;
     /// Whether the store keeps versions of the ledger (`"enabled"`, `"suspended"`): in a
     /// versioned bucket Ceph RGW before 20 checks a conditional write against the wrong
     /// version (Ceph tracker 68183). `None`: it does not, or cannot tell.
@@ -90,20 +90,18 @@ impl LedgerStore for FileLedger {
     }
 
     /// Offline, the fleet is this target alone.
-    fn everyone(&self) -> Result<Vec<FleetLedger>, BoxError> {
-        let stored = self.read()?;
-        Ok(stored
-            .bytes
-            .map(|bytes| FleetLedger {
+    fn everyone(&self, each: &mut dyn FnMut(FleetLedger)) -> Result<(), BoxError> {
+        if let Some(bytes) = self.read()?.bytes {
+            each(FleetLedger {
                 place: self.place(),
                 target: serde_json::from_slice::<serde_json::Value>(&bytes)
                     .ok()
                     .and_then(|v| v.get("target")?.as_str().map(str::to_string))
                     .unwrap_or_default(),
                 bytes: Ok(bytes),
-            })
-            .into_iter()
-            .collect())
+            });
+        }
+        Ok(())
     }
 
     fn write(&self, bytes: &[u8], version: &Version) -> Result<Written, BoxError> {
@@ -187,9 +185,20 @@ impl LedgerStore for BucketLedger {
         }
     }
 
-    fn everyone(&self) -> Result<Vec<FleetLedger>, BoxError> {
+    fn everyone(&self, each: &mut dyn FnMut(FleetLedger)) -> Result<(), BoxError> {
         let listed = self.store.ledgers(&self.prefix)?;
-        Ok(self.read_listed(&listed, true))
+        for (target, key) in self.ledger_keys(&listed, true) {
+            each(FleetLedger {
+                place: format!("s3://{}/{key}", self.bucket),
+                bytes: match self.store.ledger_once(key, MAX_LEDGER_BYTES) {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Ok(None) => Err("it is gone".to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                target,
+            });
+        }
+        Ok(())
     }
 
     fn versioning(&self) -> Option<&'static str> {
@@ -214,21 +223,34 @@ impl LedgerStore for BucketLedger {
 
 #[cfg(feature = "live")]
 impl BucketLedger {
+    /// The ledgers listed under the prefix (at its own level), by target; this target's
+    /// too when `own`.
+    fn ledger_keys<'a>(
+        &self,
+        listed: &'a BTreeMap<String, crate::snapshot::ObjectInfo>,
+        own: bool,
+    ) -> Vec<(String, &'a String)> {
+        listed
+            .keys()
+            .filter(|key| own || **key != self.key)
+            .filter_map(|key| {
+                let target = key.strip_prefix(&self.prefix)?.strip_suffix(".json")?;
+                // Only the prefix's own level: a folder below it is not a ledger.
+                (!target.contains('/')).then(|| (target.to_string(), key))
+            })
+            .take(MAX_FLEET_LEDGERS)
+            .collect()
+    }
+
     /// The ledgers listed under the prefix (at its own level), this target's when `own`.
     fn read_listed(
         &self,
         listed: &BTreeMap<String, crate::snapshot::ObjectInfo>,
         own: bool,
     ) -> Vec<FleetLedger> {
-        listed
-            .iter()
-            .filter(|(key, _)| own || **key != self.key)
-            .filter_map(|(key, object)| {
-                let target = key.strip_prefix(&self.prefix)?.strip_suffix(".json")?;
-                // Only the prefix's own level: a folder below it is not a ledger.
-                (!target.contains('/')).then(|| (target.to_string(), key, object))
-            })
-            .take(MAX_FLEET_LEDGERS)
+        self.ledger_keys(listed, own)
+            .into_iter()
+            .filter_map(|(target, key)| Some((target, key, listed.get(key)?)))
             .map(|(target, key, object)| FleetLedger {
                 place: format!("s3://{}/{key}", self.bucket),
                 bytes: match self.store.ledger(key, object, MAX_LEDGER_BYTES) {

@@ -780,6 +780,12 @@ impl S3Store {
         Ok(Some((bytes, etag)))
     }
 
+    /// A ledger's bytes read once, not kept in the cache (`fleet` reads every target's, and
+    /// folds each into its view as it comes).
+    pub fn ledger_once(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, BoxError> {
+        Ok(self.get_object(key, limit)?.map(|(bytes, _)| bytes))
+    }
+
     /// An object's bytes and ETag (quotes stripped), `None` when there is no such object;
     /// one larger than `limit` is an error.
     fn get_object(&self, key: &str, limit: u64) -> Result<Option<(Vec<u8>, String)>, BoxError> {
