@@ -72,10 +72,16 @@ echo "packaging: $(systemd-analyze security --offline=true systemd/sbps-reconcil
 # --- Ansible -------------------------------------------------------------------------------
 venv=${SBPS_ANSIBLE_VENV:-target/ansible-venv}
 export ANSIBLE_LOCAL_TEMP="$work/ansible-tmp" ANSIBLE_HOME="$work/ansible-home"
-(
-    cd examples/ansible
-    check "ansible-playbook --syntax-check" "../../$venv/bin/ansible-playbook" --syntax-check -i localhost, playbook.yml
-    check "ansible-lint (production profile)" "../../$venv/bin/ansible-lint" --profile production -q playbook.yml
+# quietly COMMAND...: runs it with its output in a file of its own, shown when it fails. A
+# fresh file is blocking whatever an earlier program did to the inherited stdout (ansible
+# refuses non-blocking standard streams).
+quietly() {
+    "$@" </dev/null >"$work/quiet.log" 2>&1 || { sed 's/^/    /' "$work/quiet.log"; return 1; }
+}
+# Not a subshell: a check's failure must reach the count.
+pushd examples/ansible >/dev/null
+    check "ansible-playbook --syntax-check" quietly "../../$venv/bin/ansible-playbook" --syntax-check -i localhost, playbook.yml
+    check "ansible-lint (production profile)" quietly "../../$venv/bin/ansible-lint" --profile production -q playbook.yml
     # The template renders a policy the tool accepts (exit 1 for the unreachable catalogue
     # here, never 78 for a bad policy). Only 127.0.0.1 is named, so nothing leaves the host.
     "../../$venv/bin/ansible" localhost -c local -i localhost, -m ansible.builtin.template \
@@ -86,9 +92,9 @@ export ANSIBLE_LOCAL_TEMP="$work/ansible-tmp" ANSIBLE_HOME="$work/ansible-home"
              "sbps_reconcile_mount": "/nonexistent", "sbps_reconcile_bucket": "boot-images",
              "sbps_reconcile_ims_url": "https://127.0.0.1:9/apis/ims/v3/images", "sbps_reconcile_ca_bundle": "",
              "sbps_reconcile_s3_endpoint": "http://127.0.0.1:9", "sbps_reconcile_pe_prefixes": ["PE/"],
-             "sbps_reconcile_max_removals": 10, "sbps_reconcile_metrics_file": "/tmp/x.prom"}' >"$work/ansible.log" 2>&1 \
+             "sbps_reconcile_max_removals": 10, "sbps_reconcile_metrics_file": "/tmp/x.prom"}' </dev/null >"$work/ansible.log" 2>&1 \
         || cat "$work/ansible.log"
-)
+popd >/dev/null
 target/release/sbps-reconcile --policy "$work/policy.yaml" --dry-run -q >/dev/null 2>"$work/render.err"
 rc=$?
 check "the policy the role renders loads (exit $rc, not 78)" [ -s "$work/policy.yaml" ] && [ "$rc" -ne 78 ]

@@ -43,7 +43,7 @@ wait_for() {
     shift 2
     local i
     for i in $(seq 1 $((limit * 5))); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
+        if "$@" </dev/null >/dev/null 2>&1; then return 0; fi
         sleep 0.2
     done
     die "$what not ready after $limit s"
@@ -127,26 +127,30 @@ spawn() {
     echo $! >>"$D/pids"
 }
 
-ceph-authtool --create-keyring "$D/keyring" --gen-key --name=mon. --cap mon 'allow *' >/dev/null
-monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$mon_port]" "$D/monmap" >/dev/null
+# Every command's output goes to a file: the ceph tools set O_NONBLOCK on the stdout and
+# stderr they are given, and on an inherited pipe that outlives them (ansible then refuses
+# to run: "Ansible requires blocking IO").
+cli() { "$@" </dev/null >>"$D/log/cli.out" 2>&1; }
+cli ceph-authtool --create-keyring "$D/keyring" --gen-key --name=mon. --cap mon 'allow *'
+cli monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$mon_port]" "$D/monmap"
 ceph-mon --id a --mkfs --monmap "$D/monmap" --keyring "$D/keyring" >"$D/log/mon-mkfs.out" 2>&1 ||
     die "ceph-mon --mkfs failed: $(cat "$D/log/mon-mkfs.out")"
 spawn mon ceph-mon --id a -f
 wait_for "monitor" 30 timeout 5 ceph mon stat
 
-osd_id=$(timeout 30 ceph osd create) || die "ceph osd create failed"
-timeout 30 ceph osd crush add "osd.$osd_id" 1 root=default host=localhost >/dev/null
+osd_id=$(timeout 30 ceph osd create </dev/null 2>>"$D/log/cli.out") || die "ceph osd create failed"
+cli timeout 30 ceph osd crush add "osd.$osd_id" 1 root=default host=localhost
 ceph-osd --id "$osd_id" --mkfs >"$D/log/osd-mkfs.out" 2>&1 ||
     die "ceph-osd --mkfs failed: $(cat "$D/log/osd-mkfs.out")"
 spawn osd ceph-osd --id "$osd_id" -f
-osd_up() { timeout 5 ceph osd dump 2>/dev/null | grep -q "^osd.$osd_id up"; }
+osd_up() { timeout 5 ceph osd dump </dev/null 2>/dev/null | grep -q "^osd.$osd_id up"; }
 wait_for "OSD" 60 osd_up
 
 spawn rgw radosgw -n client.rgw.test -f
 rgw_up() { python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')"; }
 wait_for "radosgw on 127.0.0.1:$port" 90 rgw_up
 timeout 60 radosgw-admin -n client.rgw.test user create --uid sbps-test --display-name "sbps-reconcile tests" \
-    --access-key "$access" --secret-key "$secret" >"$D/log/user.out" 2>&1 ||
+    --access-key "$access" --secret-key "$secret" </dev/null >"$D/log/user.out" 2>&1 ||
     die "radosgw-admin user create failed: $(cat "$D/log/user.out")"
 
 cat >"$D/env" <<EOF
