@@ -316,16 +316,14 @@ impl Fleet {
         }
         out.push('\n');
         for image in &self.images {
-            let mark = match image.marks.first() {
-                Some(Mark::NumbersDiffer) => '!',
-                Some(Mark::NotEverywhere) => '~',
-                Some(Mark::TaggedNotServed) => '?',
-                None => ' ',
-            };
             let mark = if image.marks.contains(&Mark::NumbersDiffer) {
                 '!'
+            } else if image.marks.contains(&Mark::NotEverywhere) {
+                '~'
+            } else if image.marks.contains(&Mark::TaggedNotServed) {
+                '?'
             } else {
-                mark
+                ' '
             };
             let _ = write!(
                 out,

@@ -115,30 +115,30 @@ impl Serialize for AllEntries<'_> {
         let mut known = ledger.entries.iter().peekable();
         let mut foreign = ledger.foreign.iter().peekable();
         loop {
-            match (known.peek(), foreign.peek()) {
-                (Some((k, _)), Some((f, _))) if f < k => {
-                    let (name, value) = foreign.next().unwrap_or_else(|| unreachable!());
+            // Both maps are sorted by name: take the smaller head.
+            let foreign_first = match (known.peek(), foreign.peek()) {
+                (Some((k, _)), Some((f, _))) => f < k,
+                (None, Some(_)) => true,
+                (_, None) => false,
+            };
+            if foreign_first {
+                if let Some((name, value)) = foreign.next() {
                     map.serialize_entry(name, value)?;
                 }
-                (Some(_), _) => {
-                    let (name, entry) = known.next().unwrap_or_else(|| unreachable!());
-                    if entry.extra.is_empty() {
-                        map.serialize_entry(name, entry.as_ref())?;
-                    } else {
-                        // A newer version's fields, written back beside this version's.
-                        let mut value = serde_json::to_value(entry.as_ref())
-                            .map_err(serde::ser::Error::custom)?;
-                        if let Value::Object(fields) = &mut value {
-                            fields.extend(entry.extra.clone());
-                        }
-                        map.serialize_entry(name, &value)?;
+            } else if let Some((name, entry)) = known.next() {
+                if entry.extra.is_empty() {
+                    map.serialize_entry(name, entry.as_ref())?;
+                } else {
+                    // A newer version's fields, written back beside this version's.
+                    let mut value =
+                        serde_json::to_value(entry.as_ref()).map_err(serde::ser::Error::custom)?;
+                    if let Value::Object(fields) = &mut value {
+                        fields.extend(entry.extra.clone());
                     }
+                    map.serialize_entry(name, &value)?;
                 }
-                (None, Some(_)) => {
-                    let (name, value) = foreign.next().unwrap_or_else(|| unreachable!());
-                    map.serialize_entry(name, value)?;
-                }
-                (None, None) => break,
+            } else {
+                break;
             }
         }
         map.end()
