@@ -9,7 +9,7 @@
 //! log prints one line per cause.
 
 use crate::codes::named_enum;
-pub use crate::fsio::ReadError;
+pub use crate::fsio::{FileError, ReadError};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -164,31 +164,6 @@ impl Error {
     }
 }
 
-/// A file operation that failed: what was attempted, on which path, and the OS error.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot {action} {}", path.display())]
-pub struct FileError {
-    /// A verb phrase: "read IMS file", "write", "rename ... to".
-    pub action: String,
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
-
-impl FileError {
-    pub fn new(
-        action: impl Into<String>,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        FileError {
-            action: action.into(),
-            path: path.into(),
-            source,
-        }
-    }
-}
-
 /// A configfs operation the kernel refused, or that failed: what, where, and the OS error
 /// (`EINVAL` is the kernel refusing a value; `EBUSY` an object still exported).
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +176,23 @@ pub struct KernelError {
     pub value: Option<String>,
     #[source]
     pub source: std::io::Error,
+}
+
+/// Why a ledger cannot be used. Never a reason to number afresh: the run stops.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerProblem {
+    #[error("it is not a ledger: {0}")]
+    NotALedger(#[source] serde_json::Error),
+    #[error("its schema_version is {found}, this tool reads {reads} and older")]
+    Version { found: u32, reads: u32 },
+    #[error("it is the ledger of {found}, not of {expected}")]
+    OtherTarget { found: String, expected: String },
+    #[error("identities {first} and {second} both hold LUN {lun}")]
+    SharedIndex {
+        lun: u32,
+        first: String,
+        second: String,
+    },
 }
 
 /// Why a `saveconfig.json` cannot be edited safely.
@@ -398,7 +390,7 @@ pub enum SourceError {
     LedgerInvalid {
         place: String,
         #[source]
-        problem: crate::ledger::LedgerProblem,
+        problem: LedgerProblem,
     },
     #[error("cannot write the LUN ledger {place}")]
     LedgerWrite {

@@ -5,7 +5,7 @@
 
 use crate::codes::named_enum;
 use crate::ledger::{Entry, Ledger};
-use crate::plan::{ImageRef, Kind};
+use crate::terms::{ImageRef, Kind};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

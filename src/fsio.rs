@@ -1,11 +1,35 @@
 //! Small file-system helpers shared by every step that writes a file: `saveconfig.json` and
 //! its backups (apply), the manifest cache (sources) and the metrics file.
 
-use crate::error::FileError;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// A file operation that failed: what was attempted, on which path, and the OS error.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}", path.display())]
+pub struct FileError {
+    /// A verb phrase: "read IMS file", "write", "rename ... to".
+    pub action: String,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    pub fn new(
+        action: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        FileError {
+            action: action.into(),
+            path: path.into(),
+            source,
+        }
+    }
+}
 
 /// Why a file could not be read whole.
 #[derive(Debug, thiserror::Error)]

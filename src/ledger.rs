@@ -5,9 +5,10 @@
 //! next; a new image takes the number the rest of the fleet gives it.
 //!
 //! Pure: read and written by [`crate::sources::ledger_store`]; the planner takes it as an
-//! input and [`Ledger::after`] gives the ledger a plan leaves.
+//! input and [`crate::plan::ledger_after`] gives the ledger a plan leaves.
 
-use crate::plan::{Action, ImageRef, Kind, Plan};
+pub use crate::error::LedgerProblem;
+use crate::terms::{ImageRef, Kind};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -255,23 +256,6 @@ pub struct Served {
     pub source: String,
 }
 
-/// Why a ledger cannot be used. Never a reason to number afresh: the run stops.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerProblem {
-    #[error("it is not a ledger: {0}")]
-    NotALedger(#[source] serde_json::Error),
-    #[error("its schema_version is {found}, this tool reads {SCHEMA_VERSION} and older")]
-    Version { found: u32 },
-    #[error("it is the ledger of {found}, not of {expected}")]
-    OtherTarget { found: String, expected: String },
-    #[error("identities {first} and {second} both hold LUN {lun}")]
-    SharedIndex {
-        lun: u32,
-        first: String,
-        second: String,
-    },
-}
-
 impl Ledger {
     pub fn empty(target: &str) -> Ledger {
         Ledger {
@@ -324,6 +308,7 @@ impl Ledger {
         if ledger.schema_version == 0 {
             return Err(LedgerProblem::Version {
                 found: ledger.schema_version,
+                reads: SCHEMA_VERSION,
             });
         }
         if !ledger.target.eq_ignore_ascii_case(target) {
@@ -398,7 +383,7 @@ impl Ledger {
         self
     }
 
-    fn raise_high_water(&mut self, lun: u32) {
+    pub(crate) fn raise_high_water(&mut self, lun: u32) {
         self.high_water = Some(self.high_water.map_or(lun, |h| h.max(lun)));
     }
 
@@ -430,77 +415,10 @@ impl Ledger {
         freed
     }
 
-    /// The ledger a plan leaves at `now`: every projection placed, kept, pending or removed.
-    pub fn after(self, plan: &Plan, now: u64) -> Ledger {
-        let mut next = self;
-        for p in plan.projections.iter() {
-            let Some(lun) = p.lun else { continue };
-            let previous = next.entries.get(&p.name).cloned();
-            let first_projected = previous
-                .as_ref()
-                .filter(|e| e.lun == lun)
-                .map_or(now, |e| e.first_projected);
-            let images = if p.images.iter().any(ImageRef::is_known) {
-                p.images.clone()
-            } else {
-                previous
-                    .as_ref()
-                    .map(|e| e.images.clone())
-                    .unwrap_or_default()
-            };
-            let entry = Entry {
-                lun,
-                kind: p.kind,
-                source: p.source.clone(),
-                etag: p
-                    .etag
-                    .clone()
-                    .or_else(|| previous.as_ref().and_then(|e| e.etag.clone())),
-                images,
-                first_projected,
-                unwanted_since: match (p.action, &p.removal_pending_until) {
-                    (Action::Remove, _) | (_, Some(_)) => Some(
-                        previous
-                            .as_ref()
-                            .and_then(|e| e.unwanted_since)
-                            .unwrap_or(now),
-                    ),
-                    _ => None,
-                },
-                removed: (p.action == Action::Remove).then_some(now),
-                extra: previous
-                    .as_ref()
-                    .map(|e| e.extra.clone())
-                    .unwrap_or_default(),
-            };
-            // An entry as it was stays shared.
-            if previous.as_deref() != Some(&entry) {
-                next.entries.insert(p.name.clone(), Arc::new(entry));
-            }
-            next.raise_high_water(lun);
-        }
-        // An identity the plan does not serve is not served once it is applied.
-        let served: BTreeSet<&str> = plan
-            .projections
-            .iter()
-            .filter(|p| p.lun.is_some() && p.action != Action::Remove)
-            .map(|p| p.name.as_str())
-            .collect();
-        for (name, entry) in next.entries.iter_mut() {
-            if entry.is_live() && !served.contains(name.as_str()) {
-                let entry = Arc::make_mut(entry);
-                entry.removed = Some(now);
-                entry.unwanted_since.get_or_insert(now);
-            }
-        }
-        next.prune();
-        next
-    }
-
     /// Drops removed entries whose index another entry has taken since, or was freed later
     /// by another identity: they claim nothing the newer entry does not. Bounds the ledger
     /// by the number of indices.
-    fn prune(&mut self) {
+    pub(crate) fn prune(&mut self) {
         let mut newest: BTreeMap<u32, (bool, u64, &str)> = BTreeMap::new();
         for (name, entry) in &self.entries {
             // Live entries rank above every removed one.
@@ -569,7 +487,7 @@ mod tests {
         ));
         assert!(matches!(
             Ledger::parse(br#"{"schema_version": 0, "target": "iqn.x:a"}"#, "iqn.x:a"),
-            Err(LedgerProblem::Version { found: 0 })
+            Err(LedgerProblem::Version { found: 0, .. })
         ));
         // A newer major version is read, and not to be rewritten.
         let newer = Ledger::parse(br#"{"schema_version": 9, "target": "iqn.x:a"}"#, "iqn.x:a");

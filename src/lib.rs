@@ -39,3 +39,4 @@ pub mod skip;
 pub mod snapshot;
 pub mod sources;
 pub mod status;
+pub mod terms;

@@ -9,16 +9,19 @@
 //!   not own is carried over untouched and "no change" means the two are equal; and the
 //!   projections and target changes that say what differs.
 
+pub mod ledger_after;
 pub mod luns;
+pub mod model;
 pub mod rules;
 
-use crate::codes::named_enum;
+pub use crate::terms::{Action, ImageRef, Kind};
+pub use ledger_after::ledger_after;
+pub use model::{Context, Plan, Projection, Skipped};
+
 use crate::identity::Identity;
-use crate::image::ImageRecord;
 use crate::ledger::Ledger;
 use crate::lio::edit::{self, LunEdits, ObjectEdits};
 use crate::lio::managed::{Difference, ManagedObject, ManagedView};
-use crate::lio::running::RunningState;
 use crate::lio::{storage_object_path, SaveConfig};
 use crate::policy::{Policy, Portal};
 use crate::skip::{ReasonCode, SkipReason};
@@ -26,202 +29,7 @@ use crate::snapshot::MountEntry;
 use crate::snapshot::Snapshot;
 use luns::{allocate_luns, Allocation, CurrentState, History};
 use rules::{kind_of_key, object_candidate, rootfs_candidate, source_of, Candidate, Trace};
-use serde::ser::{Serialize, SerializeStruct, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
-
-named_enum! {
-    /// What kind of image a projection serves.
-    pub enum Kind {
-        /// A root file system image from IMS.
-        Rootfs = "rootfs",
-        /// A PE image: an object under a PE prefix, or under a prefix source whose identity
-        /// is its key.
-        Pe = "pe",
-        /// An object under a prefix source whose identity is its key and ETag
-        /// (`identity: key+etag`).
-        Object = "object",
-    }
-}
-
-named_enum! {
-    /// What the plan does with a projection.
-    pub enum Action {
-        /// A new storage object and LUN.
-        Add = "add",
-        /// Nothing differs.
-        Keep = "keep",
-        /// Managed facts drifted and are rewritten.
-        Update = "update",
-        /// The storage object and its LUNs go.
-        Remove = "remove",
-    }
-}
-
-/// An IMS image (or, for PE, the object key standing in for one).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ImageRef {
-    pub id: Option<String>,
-    pub name: Option<String>,
-}
-
-impl ImageRef {
-    pub fn of(record: &ImageRecord) -> ImageRef {
-        ImageRef {
-            id: Some(record.id.clone()),
-            name: Some(record.name.clone()),
-        }
-    }
-
-    /// A PE image is named by its key.
-    pub fn pe(key: &str) -> ImageRef {
-        ImageRef {
-            id: None,
-            name: Some(key.to_string()),
-        }
-    }
-
-    pub fn unknown() -> ImageRef {
-        ImageRef {
-            id: None,
-            name: None,
-        }
-    }
-
-    pub fn is_known(&self) -> bool {
-        self.id.is_some() || self.name.is_some()
-    }
-
-    /// `"name" (id ID)`, as reports and logs name an image (the name quoted and escaped,
-    /// the id escaped: both come from outside).
-    pub fn describe(&self) -> String {
-        let id = self.id.as_deref().map(crate::describe::printable);
-        match (&self.name, id) {
-            (Some(name), Some(id)) => format!("{name:?} (id {id})"),
-            (Some(name), None) => format!("{name:?}"),
-            (None, Some(id)) => format!("(id {id})"),
-            (None, None) => "(record without id)".to_string(),
-        }
-    }
-}
-
-/// One storage object and its LUN, as the plan leaves (or removes) it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Projection {
-    pub kind: Kind,
-    /// Every image this projection serves (two IMS images may share one rootfs).
-    pub images: Vec<ImageRef>,
-    /// `s3://<bucket>/<key>` of the image file.
-    pub source: String,
-    pub etag: Option<String>,
-    pub name: String,
-    pub wwn: String,
-    pub dev: String,
-    pub size: u64,
-    pub lun: Option<u32>,
-    pub action: Action,
-    /// For `update`: what changes, one phrase each.
-    pub changes: Vec<String>,
-    /// For a projection the catalogue no longer wants but kept within
-    /// `safety.removal_grace`: the Unix time it goes.
-    pub removal_pending_until: Option<u64>,
-}
-
-/// The JSON report's shape of a projection (a contract: extend, never rename).
-impl Serialize for Projection {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let first = self.images.first();
-        let mut s = serializer.serialize_struct("Projection", 14)?;
-        s.serialize_field("kind", &self.kind)?;
-        s.serialize_field("image_id", &first.and_then(|i| i.id.as_deref()))?;
-        s.serialize_field("image_name", &first.and_then(|i| i.name.as_deref()))?;
-        s.serialize_field("images", &self.images)?;
-        s.serialize_field("source", &self.source)?;
-        s.serialize_field("etag", &self.etag)?;
-        s.serialize_field("name", &self.name)?;
-        s.serialize_field("wwn", &self.wwn)?;
-        s.serialize_field("dev", &self.dev)?;
-        s.serialize_field("size", &self.size)?;
-        s.serialize_field("lun", &self.lun)?;
-        s.serialize_field("action", &self.action)?;
-        s.serialize_field("changes", &self.changes)?;
-        s.serialize_field("removal_pending_until", &self.removal_pending_until)?;
-        s.end()
-    }
-}
-
-/// An image that is not projected, with why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    pub kind: Kind,
-    pub image: ImageRef,
-    pub source: Option<String>,
-    pub reason: SkipReason,
-}
-
-/// The JSON report's shape of a skipped image (a contract: extend, never rename).
-impl Serialize for Skipped {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Skipped", 6)?;
-        s.serialize_field("kind", &self.kind)?;
-        s.serialize_field("image_id", &self.image.id)?;
-        s.serialize_field("image_name", &self.image.name)?;
-        s.serialize_field("source", &self.source)?;
-        s.serialize_field("reason_code", &self.reason.code)?;
-        s.serialize_field("reason", &self.reason.detail)?;
-        s.end()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
-    pub desired: SaveConfig,
-    /// Sorted by LUN, then name.
-    /// Shared with the report, which lives through the apply (5,500 projections are 3 MB).
-    pub projections: std::sync::Arc<Vec<Projection>>,
-    pub skipped: Vec<Skipped>,
-    /// Changes to the target itself (creation, enable, attributes, portals).
-    pub target_changes: Vec<String>,
-    /// LUN entries the plan removes, in any target (the dangerous operation).
-    pub lun_removals: usize,
-    /// Whether the desired configuration differs from the current one.
-    pub changed: bool,
-    /// How the running target differs from the desired configuration, one line each (empty
-    /// when it was not read).
-    pub drift: Vec<String>,
-    /// What an operator must know that is neither a skip nor an error, one line each: an
-    /// object rebuilt in place under a served LUN.
-    pub warnings: Vec<String>,
-    /// The ledger as it stands once this plan is in place (`None` without a ledger).
-    pub ledger: Option<Ledger>,
-}
-
-impl Plan {
-    /// Whether the file or the running target must change.
-    pub fn needs_apply(&self) -> bool {
-        self.changed || !self.drift.is_empty()
-    }
-
-    pub fn count(&self, action: Action) -> usize {
-        self.projections
-            .iter()
-            .filter(|p| p.action == action)
-            .count()
-    }
-}
-
-/// What else a plan is made against, besides the policy, the catalogue and the file.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Context<'a> {
-    /// What the kernel runs, when it was read.
-    pub running: Option<&'a RunningState>,
-    /// The target's LUN ledger as it was read (empty when there was none yet), when the
-    /// policy keeps one.
-    pub ledger: Option<&'a Ledger>,
-    /// The index the rest of the fleet gives each identity.
-    pub fleet: Option<&'a BTreeMap<String, u32>>,
-    /// Unix time of the run (for `safety.removal_grace`).
-    pub now: u64,
-}
 
 /// Computes the plan against the current file and its context. Pure: the same inputs
 /// always give the same plan.
@@ -267,7 +75,7 @@ pub fn plan(policy: &Policy, snapshot: &Snapshot, current: &SaveConfig, context:
         plan.drift = running.drift(&desired);
     }
     plan.warnings = rewritten_in_place(&plan.projections, &state);
-    plan.ledger = ledger.map(|ledger| ledger.after(&plan, context.now));
+    plan.ledger = ledger.map(|ledger| ledger_after(ledger, &plan.projections, context.now));
     plan
 }
 
