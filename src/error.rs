@@ -93,8 +93,11 @@ pub enum Error {
         #[source]
         source: ReadError,
     },
-    #[error("invalid policy {}: {message}", path.display())]
-    PolicyInvalid { path: PathBuf, message: String },
+    #[error("invalid policy {}: {problem}", path.display())]
+    PolicyInvalid {
+        path: PathBuf,
+        problem: Box<PolicyError>,
+    },
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("current configuration {}: {problem}; refusing to apply over it", path.display())]
@@ -177,6 +180,70 @@ pub struct KernelError {
     #[source]
     pub source: std::io::Error,
 }
+
+/// Why a policy cannot be used, and where. `section` is the path the message is shown
+/// under (`catalogue`, `s3`, `ledger_prefix`: "catalogue: s3: ledger_prefix: ..."); `key`, when
+/// set, is the key the message names in its own words ("iqn ... is not an iSCSI name"). The
+/// line and column are where that key stands in the file, when it can be found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub section: Vec<String>,
+    pub key: Option<String>,
+    pub message: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+impl PolicyError {
+    /// A problem with the section it is reported in as a whole.
+    pub fn new(message: impl Into<String>) -> PolicyError {
+        PolicyError {
+            section: Vec::new(),
+            key: None,
+            message: message.into(),
+            line: None,
+            column: None,
+        }
+    }
+
+    /// A problem with `key`, which the message names.
+    pub fn named(key: &str, message: impl Into<String>) -> PolicyError {
+        PolicyError {
+            key: Some(key.to_string()),
+            ..PolicyError::new(message)
+        }
+    }
+
+    /// The same problem, inside `section`.
+    pub fn within(mut self, section: &str) -> PolicyError {
+        self.section.insert(0, section.to_string());
+        self
+    }
+
+    /// The dotted path of the key the problem is about: `target.portals`,
+    /// `catalogue.prefix_sources[0].identity` (empty for the file as a whole).
+    pub fn key_path(&self) -> String {
+        let mut path = self.section.clone();
+        path.extend(self.key.clone());
+        path.join(".")
+    }
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for part in &self.section {
+            write!(f, "{part}: ")?;
+        }
+        f.write_str(&self.message)?;
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, " at line {line} column {column}"),
+            (Some(line), None) => write!(f, " at line {line}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
 
 /// Why a ledger cannot be used. Never a reason to number afresh: the run stops.
 #[derive(Debug, thiserror::Error)]

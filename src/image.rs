@@ -227,6 +227,11 @@ pub enum Untagged {
 }
 
 /// The policy's tag filter (`catalogue.ims.select`).
+/// Why a record does not pass the tag filter (the detail of its `not_tagged` skip).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotSelected(pub String);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selector {
     /// Every pair must match, as strings.
@@ -236,38 +241,42 @@ pub struct Selector {
 
 impl Selector {
     /// `Ok(())` when the record passes the filter, else why not (for a `not_tagged` skip).
-    pub fn check(&self, record: &ImageRecord) -> Result<(), String> {
+    pub fn check(&self, record: &ImageRecord) -> Result<(), NotSelected> {
         let map = match &record.metadata {
             Metadata::Absent => {
                 return match self.untagged {
                     Untagged::Project => Ok(()),
-                    Untagged::Skip => Err(
+                    Untagged::Skip => Err(NotSelected(
                         "record has no metadata and the policy skips untagged records".to_string(),
-                    ),
+                    )),
                 }
             }
-            Metadata::Other(what) => return Err(format!("metadata is {what}, not an object")),
+            Metadata::Other(what) => {
+                return Err(NotSelected(format!("metadata is {what}, not an object")))
+            }
             Metadata::Map(map) => map,
         };
         for (key, wanted) in &self.metadata {
             match map.get(key) {
                 Some(MetadataValue::Text(found)) if found == wanted => {}
                 Some(MetadataValue::Text(found)) => {
-                    return Err(format!("metadata {key:?} is {found:?}, not {wanted:?}"))
+                    return Err(NotSelected(format!(
+                        "metadata {key:?} is {found:?}, not {wanted:?}"
+                    )))
                 }
                 Some(MetadataValue::Json(found)) => {
-                    return Err(format!(
+                    return Err(NotSelected(format!(
                         "metadata {key:?} is {}, not the string {wanted:?}",
                         describe(found)
-                    ))
+                    )))
                 }
                 None if is_key_value_form(map, key) => {
-                    return Err(format!(
+                    return Err(NotSelected(format!(
                     "metadata uses the old {{\"key\": {key:?}, \"value\": ..}} form (an IMS bug); \
                          not tagged under the strict rule: set metadata {key:?} to {wanted:?}"
-                ))
+                )))
                 }
-                None => return Err(format!("metadata has no {key:?} tag")),
+                None => return Err(NotSelected(format!("metadata has no {key:?} tag"))),
             }
         }
         Ok(())
@@ -335,14 +344,14 @@ mod tests {
         let record = valid(json!({"id": "a", "metadata": null}));
         assert_eq!(
             selector().check(&record),
-            Err("metadata is null, not an object".to_string())
+            Err(NotSelected("metadata is null, not an object".to_string()))
         );
         let record = valid(json!({"id": "a", "metadata": {"sbps-project": true}}));
-        let reason = selector().check(&record).unwrap_err();
+        let reason = selector().check(&record).unwrap_err().0;
         assert!(reason.contains("the boolean true"), "{reason}");
         let record =
             valid(json!({"id": "a", "metadata": {"key": "sbps-project", "value": "true"}}));
-        let reason = selector().check(&record).unwrap_err();
+        let reason = selector().check(&record).unwrap_err().0;
         assert!(reason.contains("old"), "{reason}");
     }
 

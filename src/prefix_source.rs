@@ -3,6 +3,7 @@
 //! rule (`identity: key`); `catalogue.prefix_sources` adds others, such as the OpenCHAMI
 //! image-builder's squashfs objects, which have no manifest and are rebuilt under the same key.
 
+use crate::error::PolicyError;
 use crate::identity::Identity;
 use crate::snapshot::PeObject;
 
@@ -138,12 +139,14 @@ pub fn glob_matches(glob: &str, key: &str) -> bool {
 }
 
 /// Whether a glob is one the policy accepts: not empty, no character a key cannot hold.
-pub fn check_glob(glob: &str) -> Result<(), String> {
+pub fn check_glob(glob: &str) -> Result<(), PolicyError> {
     if glob.is_empty() {
-        return Err("an empty glob matches no key".to_string());
+        return Err(PolicyError::new("an empty glob matches no key"));
     }
     if glob.contains(['\n', '\0']) {
-        return Err(format!("glob {glob:?} holds a character no key holds"));
+        return Err(PolicyError::new(format!(
+            "glob {glob:?} holds a character no key holds"
+        )));
     }
     Ok(())
 }

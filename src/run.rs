@@ -791,7 +791,7 @@ fn fleet_command(cli: &Cli) -> Exit {
         store
             .everyone(&mut |read| {
                 builder.add(fleet::ReadLedger {
-                    ledger: read.bytes.and_then(|bytes| {
+                    ledger: read.bytes.map_err(|e| e.to_string()).and_then(|bytes| {
                         crate::ledger::Ledger::parse(&bytes, &read.target)
                             .map_err(|e| e.to_string())
                     }),

@@ -172,7 +172,7 @@ pub fn rootfs_candidate(
     let image = ImageRef::of(record);
     // Rule 1: the tag filter, then a link.
     if let Err(why) = catalogue.select.check(record) {
-        let reason = SkipReason::new(ReasonCode::NotTagged, why);
+        let reason = SkipReason::new(ReasonCode::NotTagged, why.0);
         return Err(trace.fail(RULE_TAG, kind, &image, record.link_path.clone(), reason));
     }
     trace.pass(RULE_TAG, "passes catalogue.ims.select");

@@ -27,7 +27,7 @@ pub struct FleetLedger {
     pub place: String,
     /// The target it must belong to (from its name).
     pub target: String,
-    pub bytes: Result<Vec<u8>, String>,
+    pub bytes: Result<Vec<u8>, BoxError>,
 }
 
 /// Where a ledger is kept.
@@ -192,8 +192,8 @@ impl LedgerStore for BucketLedger {
                 place: format!("s3://{}/{key}", self.bucket),
                 bytes: match self.store.ledger_once(key, MAX_LEDGER_BYTES) {
                     Ok(Some(bytes)) => Ok(bytes),
-                    Ok(None) => Err("it is gone".to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(None) => Err("it is gone".into()),
+                    Err(e) => Err(e),
                 },
                 target,
             });
@@ -255,8 +255,8 @@ impl BucketLedger {
                 place: format!("s3://{}/{key}", self.bucket),
                 bytes: match self.store.ledger(key, object, MAX_LEDGER_BYTES) {
                     Ok(Some((bytes, _))) => Ok(bytes),
-                    Ok(None) => Err("it is gone".to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(None) => Err("it is gone".into()),
+                    Err(e) => Err(e),
                 },
                 target,
             })
@@ -331,7 +331,7 @@ pub fn read(store: &dyn LedgerStore, policy: &Policy) -> Result<LedgerRead, Sour
     for other in store.fleet() {
         match other
             .bytes
-            .and_then(|bytes| Ledger::parse(&bytes, &other.target).map_err(|e| e.to_string()))
+            .and_then(|bytes| Ledger::parse(&bytes, &other.target).map_err(BoxError::from))
         {
             Ok(ledger) => {
                 if !ledger.foreign.is_empty() {

@@ -85,7 +85,7 @@ fn policies() -> usize {
         match Policy::from_yaml_in(text(case, "policy"), &host, Some(Path::new("/etc/x"))) {
             Ok(_) if expect == "ok" => Ok(()),
             Ok(_) => Err(format!("accepted, expected an error with {expect:?}")),
-            Err(e) if expect != "ok" && e.contains(expect) => Ok(()),
+            Err(e) if expect != "ok" && e.to_string().contains(expect) => Ok(()),
             Err(e) => Err(format!("error {e:?}, expected {expect:?}")),
         }
     })

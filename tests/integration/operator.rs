@@ -622,7 +622,8 @@ fn loader_keys() -> Vec<String> {
             &serde_yaml::to_string(&doc).unwrap(),
             &HostFacts::from_hostname("h"),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         let expected = err
             .split("expected")
             .nth(1)
