@@ -5,7 +5,7 @@
 //! next; a new image takes the number the rest of the fleet gives it.
 //!
 //! Pure: read and written by [`crate::sources::ledger_store`]; the planner takes it as an
-//! input and [`crate::plan::ledger_after`] gives the ledger a plan leaves.
+//! input and [`crate::plan::ledger_after()`] gives the ledger a plan leaves.
 
 pub use crate::error::LedgerProblem;
 use crate::terms::{ImageRef, Kind};
@@ -302,7 +302,7 @@ impl Ledger {
     }
 
     /// Parses and checks a ledger of `target`. A newer major version is read as far as this
-    /// version understands it: see [`Ledger::is_newer`].
+    /// version understands it: see [`Ledger::read_only`].
     pub fn parse(bytes: &[u8], target: &str) -> Result<Ledger, LedgerProblem> {
         let ledger = Ledger::from_bytes(bytes).map_err(LedgerProblem::NotALedger)?;
         if ledger.schema_version == 0 {

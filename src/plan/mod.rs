@@ -4,7 +4,7 @@
 //! - [`rules`]: which images the catalogue asks for (candidates), and why the others are
 //!   skipped;
 //! - [`luns`]: which LUN index each candidate gets;
-//! - [`build`]: the desired configuration, made by editing a copy of the current one only
+//! - `build`: the desired configuration, made by editing a copy of the current one only
 //!   where a managed fact differs ([`crate::lio::edit`]), so that everything the tool does
 //!   not own is carried over untouched and "no change" means the two are equal; and the
 //!   projections and target changes that say what differs.

@@ -1,4 +1,4 @@
-//! The YAML policy: read, parsed into the file as written ([`file`]), checked ([`check`])
+//! The YAML policy: read, parsed into the file as written ([`file`](mod@file)), checked ([`check`])
 //! into the [`Policy`] the rest of the program uses ([`checked`]).
 
 pub mod check;
