@@ -9,23 +9,24 @@
 //!   not own is carried over untouched and "no change" means the two are equal; and the
 //!   projections and target changes that say what differs.
 
+pub mod grace;
 pub mod ledger_after;
 pub mod luns;
 pub mod model;
 pub mod rules;
 
 pub use crate::terms::{Action, ImageRef, Kind};
+pub use grace::files_in_place;
+use grace::pending_removals;
 pub use ledger_after::ledger_after;
 pub use model::{Context, Plan, Projection, Skipped};
 
-use crate::identity::Identity;
 use crate::ledger::Ledger;
 use crate::lio::edit::{self, LunEdits, ObjectEdits};
 use crate::lio::managed::{Difference, ManagedObject, ManagedView};
 use crate::lio::{storage_object_path, SaveConfig};
 use crate::policy::{Policy, Portal};
 use crate::skip::{ReasonCode, SkipReason};
-use crate::snapshot::MountEntry;
 use crate::snapshot::Snapshot;
 use luns::{allocate_luns, Allocation, CurrentState, History};
 use rules::{kind_of_key, object_candidate, rootfs_candidate, source_of, Candidate, Trace};
@@ -116,70 +117,6 @@ fn rewritten_in_place(projections: &[Projection], state: &CurrentState) -> Vec<S
             ))
         })
         .collect()
-}
-
-/// The object keys of the managed storage objects in `current`: the files a removal grace
-/// asks the mount about.
-pub fn files_in_place(policy: &Policy, current: &SaveConfig) -> BTreeSet<String> {
-    CurrentState::read(current, policy, None)
-        .managed
-        .values()
-        .filter_map(|object| policy.catalogue.key_for_dev(&object.dev))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Managed objects the catalogue no longer wants whose file is still in the mount, kept for
-/// `safety.removal_grace` after the ledger first saw them unwanted (initiators may still be
-/// reading them). A file gone from the mount goes at once: it can no longer be served.
-fn pending_removals(
-    policy: &Policy,
-    snapshot: &Snapshot,
-    state: &CurrentState,
-    wanted: &[Candidate],
-    ledger: &Ledger,
-    now: u64,
-) -> Vec<Candidate> {
-    let grace = policy.safety.removal_grace.as_secs();
-    if grace == 0 {
-        return Vec::new();
-    }
-    let wanted: BTreeSet<&str> = wanted.iter().map(|c| c.identity.name.as_str()).collect();
-    let catalogue = &policy.catalogue;
-    let mut pending = Vec::new();
-    for (name, object) in &state.managed {
-        if wanted.contains(name.as_str()) {
-            continue;
-        }
-        let (Some(key), Some(wwn), Some(size)) =
-            (catalogue.key_for_dev(&object.dev), &object.wwn, object.size)
-        else {
-            continue;
-        };
-        let in_mount =
-            matches!(snapshot.mount.get(key), Some(MountEntry::File { size: s }) if *s == size);
-        let entry = ledger.entries.get(name);
-        let since = entry.and_then(|e| e.unwanted_since).unwrap_or(now);
-        let until = since.saturating_add(grace);
-        if !in_mount || now >= until {
-            continue;
-        }
-        pending.push(Candidate {
-            kind: kind_of_key(catalogue, key),
-            images: entry.map(|e| e.images.clone()).unwrap_or_default(),
-            source: catalogue.url_for_key(key),
-            etag: entry.and_then(|e| e.etag.clone()),
-            identity: Identity {
-                name: name.clone(),
-                wwn: wwn.clone(),
-            },
-            dev: object.dev.clone(),
-            size,
-            key: key.to_string(),
-            pending_until: Some(until),
-        });
-    }
-    pending
 }
 
 /// Every projection the catalogue asks for, in catalogue order, and the skipped images.
