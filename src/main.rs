@@ -2,7 +2,7 @@
 #![deny(unsafe_code)]
 
 use sbps_reconcile::cli::Cli;
-use sbps_reconcile::error::Exit;
+use sbps_reconcile::error::{Error, Exit};
 use sbps_reconcile::{logger, run};
 use std::process::ExitCode;
 
@@ -20,7 +20,20 @@ fn main() -> ExitCode {
         }
     };
     logger::init(cli.log_level());
-    ExitCode::from(run::execute(&cli).code())
+    match run::execute(&cli) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(error) => ExitCode::from(fatal(error).code()),
+    }
+}
+
+/// The error that ended the run, at the binary's edge: logged with its cause chain (one
+/// line per cause, a cause its parent's message already holds left out); its kind, not its
+/// text, gives the exit code.
+fn fatal(error: Error) -> Exit {
+    let exit = error.kind().exit();
+    let error = anyhow::Error::new(error);
+    logger::error_chain(error.as_ref());
+    exit
 }
 
 /// glibc's allocator, set for a run that holds a large catalogue for a moment and exits:

@@ -12,7 +12,7 @@ use crate::error::{Error, Exit, SourceError};
 use crate::{explain, fleet, sources, status};
 
 /// `status`: the LUNs in place now, and the images they serve where the catalogue can tell.
-pub(super) fn status_command(cli: &Cli) -> Exit {
+pub(super) fn status_command(cli: &Cli) -> Result<Exit, Error> {
     let result = (|| {
         let policy = load_policy(cli)?;
         let current = CurrentFile::read(&policy.lio.saveconfig)?;
@@ -66,14 +66,14 @@ pub(super) fn status_command(cli: &Cli) -> Exit {
                 Output::Json => json(&status),
                 Output::Text => status.to_text(),
             };
-            write_stdout(&text)
+            Ok(write_stdout(&text))
         }
-        Err(error) => fail_command(cli, &error),
+        Err(error) => Err(fail_command(cli, error)),
     }
 }
 
 /// `fleet`: every target's ledger under the prefix, as one view (see [`crate::fleet`]).
-pub(super) fn fleet_command(cli: &Cli) -> Exit {
+pub(super) fn fleet_command(cli: &Cli) -> Result<Exit, Error> {
     let result = (|| {
         let policy = load_policy(cli)?;
         let deadline = Deadline::after(policy.safety.run_deadline);
@@ -141,20 +141,20 @@ pub(super) fn fleet_command(cli: &Cli) -> Exit {
                 Output::Text => view.to_text(),
             };
             write_stdout(&text);
-            if view.incomplete() || ims_failed {
+            Ok(if view.incomplete() || ims_failed {
                 Exit::Failure
             } else if view.agree {
                 Exit::Success
             } else {
                 Exit::Changed
-            }
+            })
         }
-        Err(error) => fail_command(cli, &error),
+        Err(error) => Err(fail_command(cli, error)),
     }
 }
 
 /// `explain IMAGE`: the rules the planner applies to that image, one by one.
-pub(super) fn explain_command(cli: &Cli, query: &str) -> Exit {
+pub(super) fn explain_command(cli: &Cli, query: &str) -> Result<Exit, Error> {
     let result = (|| {
         let policy = load_policy(cli)?;
         let deadline = Deadline::after(policy.safety.run_deadline);
@@ -176,15 +176,15 @@ pub(super) fn explain_command(cli: &Cli, query: &str) -> Exit {
             if cli.output == Output::Json {
                 let _ = write_stdout("[]\n");
             }
-            Exit::Failure
+            Ok(Exit::Failure)
         }
         Ok(explanations) => {
             let text = match cli.output {
                 Output::Json => json(&explanations),
                 Output::Text => explain::to_text(&explanations),
             };
-            write_stdout(&text)
+            Ok(write_stdout(&text))
         }
-        Err(error) => fail_command(cli, &error),
+        Err(error) => Err(fail_command(cli, error)),
     }
 }

@@ -6,14 +6,15 @@ use crate::logger;
 use crate::report::Report;
 use std::io::Write;
 
-pub(super) fn fail_command(cli: &Cli, error: &Error) -> Exit {
-    logger::error_chain(error);
+/// A command beside reconcile that failed: with `--output json`, a report that holds only the
+/// error; the error itself goes on, for `main` to log.
+pub(super) fn fail_command(cli: &Cli, error: Error) -> Error {
     if cli.output == Output::Json {
         let mut report = Report::empty(true);
-        report.set_error(error);
+        report.set_error(&error);
         let _ = write_stdout(&report.to_json());
     }
-    error.kind().exit()
+    error
 }
 
 pub(super) fn json(value: &impl serde::Serialize) -> String {

@@ -14,7 +14,6 @@ use crate::error::{Error, ErrorKind, Exit, SourceError};
 use crate::lio::managed::ManagedView;
 use crate::lio::running::RunningState;
 use crate::lio::SaveConfig;
-use crate::logger;
 use crate::metrics::{PlanFigures, RunMetrics};
 use crate::plan::Plan;
 use crate::report::Report;
@@ -35,7 +34,7 @@ pub(super) struct RunRecord {
 
 /// One reconcile run: prints the report (also on failure), writes the metrics, and returns
 /// the exit status. Never panics on bad input.
-pub(super) fn reconcile_command(cli: &Cli) -> Exit {
+pub(super) fn reconcile_command(cli: &Cli) -> Result<Exit, Error> {
     let started = Instant::now();
     let mut record = RunRecord {
         report: Report::empty(cli.dry_run),
@@ -44,17 +43,13 @@ pub(super) fn reconcile_command(cli: &Cli) -> Exit {
         last_failure: None,
     };
     let result = reconcile(cli, &mut record);
-    let (exit, failure) = match result {
-        Ok(exit) => (exit, None),
-        Err(error) => {
-            logger::error_chain(&error);
-            record.report.set_error(&error);
-            (error.kind().exit(), Some(error.kind()))
-        }
-    };
+    if let Err(error) = &result {
+        record.report.set_error(error);
+    }
     print(&record.report, cli.output);
+    let failure = result.as_ref().err().map(Error::kind);
     write_metrics(cli, &record, failure, started);
-    exit
+    result
 }
 
 /// policy -> sources -> snapshot -> plan -> diff -> apply, filling `record` on the way.
