@@ -33,6 +33,17 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// Every exit status, in the order of their codes.
+    pub const ALL: &'static [Exit] = &[
+        Exit::Success,
+        Exit::Failure,
+        Exit::Changed,
+        Exit::Refused,
+        Exit::Usage,
+        Exit::LockBusy,
+        Exit::Config,
+    ];
+
     pub fn code(self) -> u8 {
         self as u8
     }

@@ -1,3 +1,5 @@
+//! The sbps-reconcile binary: parse the command line, run it, exit with its status.
+//!
 // One audited call into the C library below (`tune_allocator`); the library forbids unsafe.
 #![deny(unsafe_code)]
 

@@ -2,7 +2,7 @@
 //! manifest is reported with its reason and the run goes on with everything else.
 //!
 //! A new reason is one more variant below (its doc comment is what the man page prints) and
-//! a row in the README's table; nothing else lists them.
+//! a row in docs/troubleshooting.md; nothing else lists them.
 
 use crate::codes::named_enum;
 use serde::{Deserialize, Serialize};

@@ -31,13 +31,17 @@ expected="/etc/sbps-reconcile/policy.yaml
 /usr/lib/systemd/system/sbps-reconcile.timer
 /usr/share/bash-completion/completions/sbps-reconcile
 /usr/share/doc/sbps-reconcile/README.md
+/usr/share/doc/sbps-reconcile/docs/how-it-works.md
+/usr/share/doc/sbps-reconcile/docs/running.md
+/usr/share/doc/sbps-reconcile/docs/testing.md
+/usr/share/doc/sbps-reconcile/docs/troubleshooting.md
 /usr/share/man/man5/sbps-reconcile.policy.5
 /usr/share/man/man8/sbps-reconcile.8
 /usr/share/zsh/site-functions/_sbps-reconcile"
 if [ -n "$rpm" ]; then
     echo "packaging: $rpm:"
     rpm -qlp "$rpm" | sed 's/^/    /'
-    check "RPM file list (rpm -qlp)" [ "$(rpm -qlp "$rpm" | sort)" = "$expected" ]
+    check "RPM file list (rpm -qlp)" [ "$(rpm -qlp "$rpm" | LC_ALL=C sort)" = "$expected" ]
     # How sites inspect a package, and what some install tooling pipes through: each must
     # exit 0 (rpm2cpio of rpm >= 4.16 exits 1 when the signature header lacks the payload's
     # size, as the package of a Rust RPM writer did).
@@ -46,7 +50,7 @@ if [ -n "$rpm" ]; then
     check "rpm2cpio | cpio -t exits 0 and lists every file" bash -c '
         set -o pipefail
         list=$(rpm2cpio "$1" | cpio -t --quiet) || exit 1
-        [ "$(sed "s|^\\./|/|" <<<"$list" | sort)" = "$2" ]' _ "$rpm" "$expected"
+        [ "$(sed "s|^\\./|/|" <<<"$list" | LC_ALL=C sort)" = "$2" ]' _ "$rpm" "$expected"
     flags=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags} %{FILEMODES:perms}\n]' "$rpm")
     check "the policy is %config(noreplace), mode 0600" grep -qx '/etc/sbps-reconcile/policy.yaml cn -rw-------' <<<"$flags"
     check "the binary is executable" grep -qx '/usr/bin/sbps-reconcile  -rwxr-xr-x' <<<"$flags"

@@ -1,4 +1,4 @@
-//! The example policies load, and the demo plans as the README says.
+//! The example policies load, and the demo plans as the README's first command shows.
 
 use sbps_reconcile::policy::{HostFacts, ImsAuth, ImsSource, Policy, S3Credentials};
 use sbps_reconcile::prefix_source::IdentityRule;

@@ -1,6 +1,7 @@
 //! One integration test binary (faster to build than one per file).
 
 mod cli;
+mod docs;
 mod examples;
 #[cfg(feature = "live")]
 mod fleet;

@@ -544,17 +544,17 @@ fn the_man_page_is_generated_from_the_flags() {
 }
 
 /// Every skip reason and error kind is explained where operators look: the man page (built
-/// from the enums' own lists) and the README's tables.
+/// from the enums' own lists) and the troubleshooting page's tables.
 #[test]
 fn every_reason_code_and_error_kind_is_documented() {
     use sbps_reconcile::error::ErrorKind;
     use sbps_reconcile::skip::ReasonCode;
-    let readme = fs::read_to_string(repo("README.md")).unwrap();
+    let readme = fs::read_to_string(repo("docs/troubleshooting.md")).unwrap();
     let man = fs::read_to_string(repo("man/sbps-reconcile.8")).unwrap();
     for code in ReasonCode::ALL {
         assert!(
             readme.contains(&format!("| `{code}` |")),
-            "README's skip reason table lacks {code}"
+            "the troubleshooting page's skip reason table lacks {code}"
         );
         assert!(
             man.contains(&format!(".B {code}\n")),
@@ -564,7 +564,7 @@ fn every_reason_code_and_error_kind_is_documented() {
     for kind in ErrorKind::ALL {
         assert!(
             readme.contains(&format!("`{kind}`")),
-            "README does not name error kind {kind}"
+            "the troubleshooting page does not name error kind {kind}"
         );
         assert!(
             man.contains(&format!(".B {kind}\n")),
