@@ -37,11 +37,10 @@ pub fn check(file: PolicyFile, host: &HostFacts) -> Result<(Policy, Vec<String>)
     };
     if !safety.removal_grace.is_zero() && ledger.is_none() {
         return Err(PolicyError::named(
-            "removal_grace",
+            "safety.removal_grace",
             "safety.removal_grace needs a LUN ledger, to know since when an image \
              is unwanted: set lio.ledger_file, or keep catalogue.s3.ledger_prefix",
-        )
-        .within("safety"));
+        ));
     }
     Ok((
         Policy {
@@ -503,7 +502,7 @@ fn check_ims(section: ImsSection) -> Result<ImsSource, PolicyError> {
                 Some(AuthSection::Spire(spire)) => {
                     if spire.spiffe_ids.is_empty() {
                         return Err(PolicyError::named(
-                            "auth",
+                            "auth.spire.spiffe_ids",
                             "auth.spire.spiffe_ids must not be empty",
                         ));
                     }

@@ -22,7 +22,8 @@ pub fn parse_error(error: &serde_yaml::Error, text: &str) -> PolicyError {
             && !path.contains('`')
             && !rest.is_empty();
         if is_path {
-            section = path.split('.').map(str::to_string).collect();
+            // Kept as the parser wrote it (`catalogue.ims`), one part of the key path.
+            section = vec![path.to_string()];
             message = rest.to_string();
         }
     }
