@@ -173,6 +173,14 @@ fn bad_values_are_refused_with_their_section() {
     let err = Policy::from_yaml(&text, &host()).unwrap_err();
     assert_eq!(err.key_path(), "catalogue.ims.url");
     assert_eq!((err.line, err.column), (Some(6), Some(5)), "{err}");
+    // A parse error keeps the parser's own dotted path.
+    let text = MINIMAL.replace("target:", "target:\n  max_lun: -1");
+    let err = Policy::from_yaml(&text, &host()).unwrap_err();
+    assert!(
+        err.to_string().starts_with("target.max_lun: invalid type"),
+        "{err}"
+    );
+    assert_eq!(err.key_path(), "target.max_lun");
 }
 
 #[test]
