@@ -1,5 +1,6 @@
-//! The YAML policy: read, parsed into the file as written ([`file`](mod@file)), checked ([`check`])
-//! into the [`Policy`] the rest of the program uses ([`checked`]).
+//! The YAML policy: read from its file, parsed into the file as written (`file`), checked
+//! (`check`) into the `Policy` the rest of the program uses (`checked`); a problem's place is
+//! found by `locate`.
 
 pub mod check;
 pub mod checked;

@@ -1,6 +1,6 @@
-//! The live bucket through aws-sdk-s3: the store and how it reads ([`store`]), the client
-//! ([`client`](mod@client)), listings ([`listing`]), object reads ([`objects`]) and the ledger's
-//! conditional writes ([`writes`]).
+//! The live bucket through aws-sdk-s3: the store and how it reads (`store`), the client
+//! (`client`), listings (`listing`), object reads (`objects`) and the ledger's conditional
+//! writes (`writes`).
 
 pub mod client;
 pub mod listing;
