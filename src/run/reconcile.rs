@@ -33,7 +33,8 @@ pub(super) struct RunRecord {
 }
 
 /// One reconcile run: prints the report (also on failure), writes the metrics, and returns
-/// the exit status. Never panics on bad input.
+/// the exit status, or the error that ended the run (for `main` to log). Never panics on bad
+/// input.
 pub(super) fn reconcile_command(cli: &Cli) -> Result<Exit, Error> {
     let started = Instant::now();
     let mut record = RunRecord {
