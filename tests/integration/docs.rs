@@ -2,15 +2,12 @@
 //! reason code and error kind in the section it names for each, every link in the README
 //! and `docs/` resolves, and the layout table is the tree under `src/`.
 
+use crate::util::repo;
 use sbps_reconcile::error::{ErrorKind, Exit};
 use sbps_reconcile::skip::ReasonCode;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
 
 fn read(rel: &str) -> String {
     fs::read_to_string(repo(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))

@@ -1,6 +1,7 @@
 //! What operators meet: journal priorities, metrics, status, explain, completions, man
 //! pages, progress, and the migration from the old agent.
 
+use crate::util::repo;
 use crate::util::sandbox::{manifest, Run, Sandbox};
 use sbps_reconcile::identity::Identity;
 use sbps_reconcile::policy::{HostFacts, Policy};
@@ -10,10 +11,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
 
 /// Two good images, a PE image and one manifest without an etag.
 fn catalogue() -> Sandbox {

@@ -8,3 +8,8 @@ pub mod model;
 #[cfg(feature = "live")]
 pub mod s3;
 pub mod sandbox;
+
+/// A path in the repository.
+pub fn repo(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
